@@ -1,0 +1,24 @@
+//! Model families and their tensors.
+//!
+//! [`ModelConfig`] is a validated `config.json` of the Llama family (`llama`,
+//! `mistral`, `qwen2`), optionally turned into a mixture of experts: PESC
+//! (adapters on a shared FFN) or Mixtral (full FFN copies). Both config
+//! generations are read: transformers 5's `rope_parameters` and `dtype`, and
+//! the older top-level `rope_theta`, `rope_scaling` and `torch_dtype`.
+//! [`ModelConfig::expected_tensors`] lists every tensor the config implies,
+//! and [`Model::open`] checks a folder's weights against it.
+
+mod config;
+mod model;
+mod names;
+mod summary;
+
+pub use config::{Family, ModelConfig, Moe, PescParams, RopeScaling};
+pub use model::{ArchError, Model};
+pub use names::{dense_mlp, mixtral_expert, mixtral_gate, pesc_router, ExpertNaming};
+pub use summary::Summary;
+
+/// Largest layer count accepted from a config.
+pub const MAX_LAYERS: u64 = 10_000;
+/// Largest expert count accepted from a config.
+pub const MAX_EXPERTS: u64 = 4_096;

@@ -1,0 +1,52 @@
+//! `pesc-convert`: the command-line front end. Each subcommand lives in its
+//! own module and calls into the library crates; this file parses arguments,
+//! installs the Ctrl-C handler and maps errors to exit codes.
+
+mod cli;
+mod inspect;
+mod output;
+mod verify_manifest;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// A failed check (exit 1), as opposed to bad input (exit 2).
+#[derive(Debug)]
+pub struct CheckFailed(pub String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let _ = ctrlc::set_handler(pesc_io::interrupt);
+    let result = match args.command {
+        cli::Command::Inspect(a) => inspect::run(&a),
+        cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints `error: ...` with its causes and picks the exit code.
+fn report(e: &anyhow::Error) -> ExitCode {
+    if e.chain().any(|c| matches!(c.downcast_ref::<std::io::Error>(), Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe)) {
+        return ExitCode::SUCCESS;
+    }
+    let interrupted = e.chain().any(|c| matches!(c.downcast_ref::<pesc_io::Error>(), Some(pesc_io::Error::Interrupted)));
+    output::error(e);
+    if interrupted {
+        ExitCode::from(130)
+    } else if e.downcast_ref::<CheckFailed>().is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::from(2)
+    }
+}

@@ -1,0 +1,245 @@
+//! Element types, shapes and overflow-checked byte sizes.
+//!
+//! Every size computed from an untrusted file goes through [`DType::nbytes`] or
+//! [`numel`], which fail instead of wrapping. Conversions between the float
+//! types live here too, so every crate rounds the same way.
+//!
+//! ```
+//! use pesc_tensor::DType;
+//! assert_eq!(DType::BF16.nbytes(&[4, 8]).unwrap(), 64);
+//! assert!(DType::F32.nbytes(&[2, u64::MAX / 2]).is_err());
+//! ```
+
+use std::fmt;
+
+/// A size computation overflowed `u64`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shape {shape:?} of {dtype} overflows a 64-bit byte count")]
+pub struct Overflow {
+    /// The element type.
+    pub dtype: DType,
+    /// The offending shape.
+    pub shape: Vec<u64>,
+}
+
+/// The element types a safetensors file may hold, in safetensors' spelling.
+///
+/// Sub-byte types (F4, F6) are not representable: files that use them are
+/// rejected when parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(non_camel_case_types)]
+pub enum DType {
+    /// Boolean, one byte.
+    BOOL,
+    /// Unsigned 8-bit integer (packed NF4 data lives here).
+    U8,
+    /// Signed 8-bit integer.
+    I8,
+    /// 8-bit float, 5 exponent bits.
+    F8_E5M2,
+    /// 8-bit float, 4 exponent bits.
+    F8_E4M3,
+    /// Signed 16-bit integer.
+    I16,
+    /// Unsigned 16-bit integer.
+    U16,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// Signed 32-bit integer.
+    I32,
+    /// Unsigned 32-bit integer.
+    U32,
+    /// IEEE single precision.
+    F32,
+    /// IEEE double precision.
+    F64,
+    /// Signed 64-bit integer.
+    I64,
+    /// Unsigned 64-bit integer.
+    U64,
+}
+
+impl DType {
+    /// Every type, in the order above.
+    pub const ALL: [DType; 15] = [
+        DType::BOOL,
+        DType::U8,
+        DType::I8,
+        DType::F8_E5M2,
+        DType::F8_E4M3,
+        DType::I16,
+        DType::U16,
+        DType::F16,
+        DType::BF16,
+        DType::I32,
+        DType::U32,
+        DType::F32,
+        DType::F64,
+        DType::I64,
+        DType::U64,
+    ];
+
+    /// The name used in safetensors headers (`"F32"`, `"BF16"` ...).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::BOOL => "BOOL",
+            DType::U8 => "U8",
+            DType::I8 => "I8",
+            DType::F8_E5M2 => "F8_E5M2",
+            DType::F8_E4M3 => "F8_E4M3",
+            DType::I16 => "I16",
+            DType::U16 => "U16",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I32 => "I32",
+            DType::U32 => "U32",
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::I64 => "I64",
+            DType::U64 => "U64",
+        }
+    }
+
+    /// Parses a safetensors dtype name; the match is exact (`"f32"` is not a dtype).
+    #[must_use]
+    pub fn from_safetensors(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    /// Bytes per element.
+    #[must_use]
+    pub fn size(self) -> u64 {
+        match self {
+            DType::BOOL | DType::U8 | DType::I8 | DType::F8_E5M2 | DType::F8_E4M3 => 1,
+            DType::I16 | DType::U16 | DType::F16 | DType::BF16 => 2,
+            DType::I32 | DType::U32 | DType::F32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+        }
+    }
+
+    /// Whether this is one of the float types weights are computed in.
+    #[must_use]
+    pub fn is_compute_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// Byte size of a tensor of this type and shape, or [`Overflow`].
+    pub fn nbytes(self, shape: &[u64]) -> Result<u64, Overflow> {
+        numel(shape)
+            .and_then(|n| n.checked_mul(self.size()))
+            .ok_or_else(|| Overflow { dtype: self, shape: shape.to_vec() })
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Number of elements of `shape` (1 for a scalar), or `None` on overflow.
+#[must_use]
+pub fn numel(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+}
+
+/// Formats a shape as `[a, b, c]`.
+#[must_use]
+pub fn shape_str(shape: &[u64]) -> String {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// Decodes little-endian elements of a float type into `f32`, exactly (f16 and
+/// bf16 widen without rounding). Returns `None` for non-float types or a byte
+/// length that is not a whole number of elements.
+#[must_use]
+pub fn to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
+    let n = usize::try_from(dtype.size()).ok()?;
+    if bytes.len() % n != 0 {
+        return None;
+    }
+    let out = match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// Encodes `f32` values as little-endian elements of a float type, rounding to
+/// nearest-even for f16 and bf16. Returns `None` for non-float types.
+#[must_use]
+pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(values.len() * usize::try_from(dtype.size()).ok()?);
+    match dtype {
+        DType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::F16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        DType::BF16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// Converts float elements from one type to another (via `f32`, which holds
+/// every f16 and bf16 value exactly). Same-type conversion returns the input.
+#[must_use]
+pub fn convert(from: DType, to: DType, bytes: &[u8]) -> Option<Vec<u8>> {
+    if from == to {
+        return Some(bytes.to_vec());
+    }
+    from_f32(to, &to_f32(from, bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_case_sensitive() {
+        for d in DType::ALL {
+            assert_eq!(DType::from_safetensors(d.as_str()), Some(d));
+        }
+        assert_eq!(DType::from_safetensors("f32"), None);
+        assert_eq!(DType::from_safetensors("F4"), None);
+    }
+
+    #[test]
+    fn nbytes_is_checked() {
+        assert_eq!(DType::F32.nbytes(&[]).unwrap(), 4);
+        assert_eq!(DType::F16.nbytes(&[3, 0]).unwrap(), 0);
+        assert_eq!(DType::I64.nbytes(&[2, 3]).unwrap(), 48);
+        assert!(DType::U8.nbytes(&[2, u64::MAX - 1]).is_err());
+        // The element count fits, the byte count does not.
+        assert!(DType::I32.nbytes(&[2, (1 << 62) - 1]).is_err());
+    }
+
+    #[test]
+    fn half_types_round_to_nearest_even() {
+        // 1 + 2^-8 sits exactly between two bf16 values; ties go to even (1.0).
+        let v = 1.0f32 + 2f32.powi(-8);
+        let b = from_f32(DType::BF16, &[v]).unwrap();
+        assert_eq!(to_f32(DType::BF16, &b).unwrap(), vec![1.0]);
+        let back = convert(DType::BF16, DType::F32, &b).unwrap();
+        assert_eq!(back, 1.0f32.to_le_bytes());
+        assert!(to_f32(DType::U8, &[1]).is_none());
+        assert!(to_f32(DType::F32, &[1, 2, 3]).is_none());
+    }
+}
