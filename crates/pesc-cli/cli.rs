@@ -1,6 +1,6 @@
 //! Arguments (clap derive). Doc comments are the `--help` text.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Craft parameter-efficient mixture-of-experts (PESC) models from dense
@@ -20,6 +20,8 @@ pub struct Args {
 pub enum Command {
     /// Show a model folder's or a .safetensors file's architecture, sizes and dtypes.
     Inspect(InspectArgs),
+    /// Rewrite a model folder with new shards and/or dtype, adding SHA256SUMS and a manifest.
+    Reshard(ReshardArgs),
     /// Recompute every hash in DIR/pesc-manifest.json (and SHA256SUMS); exit 1 on the first mismatch.
     VerifyManifest(VerifyManifestArgs),
 }
@@ -37,4 +39,67 @@ pub struct InspectArgs {
 pub struct VerifyManifestArgs {
     /// A folder written by pesc-convert.
     pub dir: PathBuf,
+}
+
+/// Where and how an output folder is written.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Output folder; must not exist (staged beside it and renamed into place).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+    /// Replace OUT if it exists (atomically, once the new folder is complete).
+    #[arg(long)]
+    pub force: bool,
+    /// Largest shard, e.g. 5GB, 500MB, 2GiB.
+    #[arg(long, default_value = "5GB", value_parser = parse_shard_size)]
+    pub shard_size: u64,
+}
+
+fn parse_shard_size(s: &str) -> Result<u64, String> {
+    pesc_io::parse_size(s).ok_or_else(|| format!("`{s}` is not a size such as 5GB, 500MB or 2GiB"))
+}
+
+/// Stored dtype of the output tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    /// Each tensor keeps its dtype; bytes are copied unchanged.
+    Keep,
+    /// 32-bit float.
+    F32,
+    /// bfloat16 (rounded to nearest even).
+    Bf16,
+    /// IEEE half (rounded to nearest even).
+    F16,
+}
+
+impl DTypeArg {
+    pub fn store(self) -> pesc_craft::StoreDType {
+        use pesc_tensor::DType;
+        match self {
+            DTypeArg::Keep => pesc_craft::StoreDType::Keep,
+            DTypeArg::F32 => pesc_craft::StoreDType::To(DType::F32),
+            DTypeArg::Bf16 => pesc_craft::StoreDType::To(DType::BF16),
+            DTypeArg::F16 => pesc_craft::StoreDType::To(DType::F16),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DTypeArg::Keep => "keep",
+            DTypeArg::F32 => "f32",
+            DTypeArg::Bf16 => "bf16",
+            DTypeArg::F16 => "f16",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReshardArgs {
+    /// A Hugging Face model folder.
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Stored dtype of the output tensors.
+    #[arg(long, value_enum, default_value_t = DTypeArg::Keep)]
+    pub dtype: DTypeArg,
 }

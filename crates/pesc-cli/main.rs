@@ -5,6 +5,8 @@
 mod cli;
 mod inspect;
 mod output;
+mod progress;
+mod reshard;
 mod verify_manifest;
 
 use clap::Parser;
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     let _ = ctrlc::set_handler(pesc_io::interrupt);
     let result = match args.command {
         cli::Command::Inspect(a) => inspect::run(&a),
+        cli::Command::Reshard(a) => reshard::run(&a),
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
     };
     match result {

@@ -1,0 +1,5 @@
+//! Integration tests: one binary (see Cargo.toml `[[test]]`), one module per area.
+
+mod common;
+mod hostile;
+mod io;
