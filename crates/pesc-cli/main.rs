@@ -26,7 +26,6 @@ impl std::error::Error for CheckFailed {}
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    let _ = ctrlc::set_handler(pesc_io::interrupt);
     let result = match args.command {
         cli::Command::Inspect(a) => inspect::run(&a),
         cli::Command::Reshard(a) => reshard::run(&a),
@@ -38,16 +37,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// For commands that write a folder: the first Ctrl-C (or SIGTERM) asks the
+/// writer to stop and clean up; a second one exits at once.
+pub fn stop_cleanly_on_interrupt() {
+    let _ = ctrlc::set_handler(|| {
+        if pesc_io::interrupted() {
+            #[allow(clippy::exit)]
+            std::process::exit(130);
+        }
+        pesc_io::interrupt();
+    });
+}
+
 /// Prints `error: ...` with its causes and picks the exit code.
 fn report(e: &anyhow::Error) -> ExitCode {
     if e.chain().any(|c| matches!(c.downcast_ref::<std::io::Error>(), Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe)) {
         return ExitCode::SUCCESS;
     }
-    let interrupted = e.chain().any(|c| matches!(c.downcast_ref::<pesc_io::Error>(), Some(pesc_io::Error::Interrupted)));
+    if pesc_io::interrupted() {
+        output::note("interrupted; nothing was written");
+        return ExitCode::from(130);
+    }
     output::error(e);
-    if interrupted {
-        ExitCode::from(130)
-    } else if e.downcast_ref::<CheckFailed>().is_some() {
+    if e.downcast_ref::<CheckFailed>().is_some() {
         ExitCode::from(1)
     } else {
         ExitCode::from(2)

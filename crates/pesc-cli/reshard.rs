@@ -10,6 +10,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 
 pub fn run(args: &ReshardArgs) -> Result<()> {
+    crate::stop_cleanly_on_interrupt();
     let model = Model::open(&args.model)?;
     for w in model.weights.warnings() {
         output::warn(w);

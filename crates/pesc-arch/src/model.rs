@@ -96,8 +96,9 @@ pub struct Model {
 impl Model {
     /// Opens `dir` and checks every tensor against `config.json`.
     pub fn open(dir: &Path) -> Result<Self, ArchError> {
-        let config = ModelConfig::load(dir)?;
+        // Weights first: a folder of pickles gets the pickle explanation, not "no config.json".
         let weights = Checkpoint::open_dir(dir)?;
+        let config = ModelConfig::load(dir)?;
         let naming = match &config.moe {
             Moe::Pesc(_) => {
                 let indexed = ExpertNaming::Indexed.adapter(0, 0, "down");

@@ -171,10 +171,12 @@ pub enum Error {
         problem: &'static str,
     },
     /// The data section is shorter than the header declares.
-    #[error("`{path}`: file is truncated: the header declares {expected} bytes in all, the file has {actual}")]
+    #[error("`{path}`: file is truncated: tensor `{tensor}` runs past its end (the header declares {expected} bytes in all, the file has {actual})")]
     Truncated {
         /// The file.
         path: PathBuf,
+        /// The first tensor that does not fit.
+        tensor: String,
         /// Bytes the header implies.
         expected: u64,
         /// Bytes in the file.

@@ -30,6 +30,12 @@ pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+/// Whether [`interrupt`] was called.
+#[must_use]
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 fn check_interrupt() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         return Err(Error::Interrupted);
@@ -87,7 +93,8 @@ pub struct OutputFile<'a> {
 impl Write for OutputFile<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if INTERRUPTED.load(Ordering::Relaxed) {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+            // Not `ErrorKind::Interrupted`: `write_all` would retry that forever.
+            return Err(std::io::Error::other("interrupted"));
         }
         let n = self.writer.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -264,7 +271,7 @@ impl Drop for OutputDir {
 
 /// Maps a write error, naming the file.
 pub(crate) fn write_error(path: &Path, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::Interrupted && INTERRUPTED.load(Ordering::Relaxed) {
+    if INTERRUPTED.load(Ordering::Relaxed) {
         Error::Interrupted
     } else {
         Error::io(path, e)

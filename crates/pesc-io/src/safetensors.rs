@@ -73,7 +73,15 @@ impl SafetensorsFile {
             Ok((tensors, metadata)) => {
                 Ok(SafetensorsFile { path: path.to_owned(), file, tensors, metadata })
             }
-            Err(e) => Err(diagnose(path, &file).unwrap_or(e)),
+            // Only a file whose framing is unreadable may be something else in disguise.
+            Err(
+                e @ (Error::HeaderTooSmall { .. }
+                | Error::HeaderTooLarge { .. }
+                | Error::HeaderBeyondFile { .. }
+                | Error::HeaderNotUtf8 { .. }
+                | Error::Json { .. }),
+            ) => Err(diagnose(path, &file).unwrap_or(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -158,7 +166,7 @@ impl SafetensorsFile {
                     Error::io(&self.path, e)
                 }
             })?;
-            out.write_all(chunk).map_err(|e| Error::io("<output>", e))?;
+            out.write_all(chunk).map_err(|e| crate::output::write_error(Path::new("<output>"), e))?;
             done += n;
         }
         Ok(())
@@ -302,6 +310,7 @@ fn parse_entry(path: &Path, name: String, entry: Value, data_start: u64) -> Resu
 
 /// Checks that the tensors tile `[data_start, file_len)` exactly.
 fn check_layout(path: &Path, tensors: &[TensorInfo], data_start: u64, file_len: u64) -> Result<()> {
+    let declared = tensors.iter().map(|t| t.offset.saturating_add(t.nbytes)).max().unwrap_or(data_start);
     let mut order: Vec<&TensorInfo> = tensors.iter().collect();
     order.sort_by_key(|t| (t.offset, t.nbytes));
     let mut end = data_start;
@@ -318,7 +327,7 @@ fn check_layout(path: &Path, tensors: &[TensorInfo], data_start: u64, file_len: 
         }
         end = match t.offset.checked_add(t.nbytes) {
             Some(e) if e <= file_len => e,
-            e => return Err(Error::Truncated { path: path.into(), expected: e.unwrap_or(u64::MAX), actual: file_len }),
+            _ => return Err(Error::Truncated { path: path.into(), tensor: t.name.clone(), expected: declared, actual: file_len }),
         };
     }
     if end < file_len {
