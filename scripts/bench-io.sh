@@ -6,7 +6,8 @@
 # Builds the release binary, writes a synthetic Llama checkpoint of at least
 # SIZE_GB decimal gigabytes (hidden 2048, intermediate 5632, vocab 32000,
 # bf16; layers added until the size is reached) into a temporary folder, and
-# in the same run times, once to warm up and then REPS times (median kept):
+# in the same run times each command below once to warm up and then REPS
+# times, in interleaved rounds, and keeps the median:
 #
 #   cp -r                      the plain copy the aim is measured against
 #   cp -r + sync               the copy made durable (pesc-convert fsyncs)
@@ -20,19 +21,20 @@
 # filesystem); outputs are removed and `sync` is run between repetitions,
 # outside the timed region, so no run pays for an earlier one's writeback.
 # The page cache is not dropped: inputs are read warm, as `cp` reads them.
-# Wall time and peak RSS come from `/usr/bin/time -f '%e %M'`.
+# Wall time, peak RSS and CPU time (user + system, median) come from
+# `/usr/bin/time -f '%e %M %U %S'`.
 #
 # Aims (issue): reshard within 1.3x of `cp -r`'s time; peak RSS under
 # 1.5 x the largest tensor + 100 MB.
 #
-# Environment: REPS (default 3), BENCH_TMP (parent of the temporary folder,
+# Environment: REPS (default 5), BENCH_TMP (parent of the temporary folder,
 # default ${TMPDIR:-/tmp}), PESC_BIN (use this binary, skip the build),
 # KEEP=1 (keep the temporary folder).
 set -euo pipefail
 
 SIZE_GB=${1:-1}
 SIZE_GB=${SIZE_GB%GB}
-REPS=${REPS:-3}
+REPS=${REPS:-5}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if ! [[ $SIZE_GB =~ ^[0-9]+([.][0-9]+)?$ ]]; then
@@ -77,60 +79,85 @@ sync
 sync
 
 # --- timing -------------------------------------------------------------------
-# run_case LABEL COMMAND... : COMMAND may use $OUT (a fresh output path).
-declare -a ROWS=()
-run_case() {
-    local label=$1; shift
-    local cmd=$1
-    local -a secs=() rss=()
-    local i
-    for (( i = 0; i <= REPS; i++ )); do
-        local OUT=$WORK/out
-        rm -rf "$OUT" "$WORK"/.out.pesc-staging-*
-        sync
-        OUT=$OUT /usr/bin/time -f '%e %M' -o "$WORK/time.txt" bash -c "$cmd" >/dev/null 2>"$WORK/stderr.txt" || {
-            echo "FAILED: $label" >&2; cat "$WORK/stderr.txt" >&2; exit 1; }
-        (( i == 0 )) && continue   # warm-up
-        read -r s m < <(tail -n1 "$WORK/time.txt")
-        secs+=("$s"); rss+=("$m")
-    done
-    local med peak
-    med=$(printf '%s\n' "${secs[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-    peak=$(printf '%s\n' "${rss[@]}" | sort -g | tail -n1)
-    ROWS+=("$label|$med|$peak|${secs[*]}")
-    echo "  $label: ${secs[*]} s" >&2
+# Each case is a shell command that may use $IN, $BIN, $WORK and $OUT (a fresh
+# output path). Rounds are interleaved (every case once per round) so that a
+# drift in the machine's state (page reclaim, other load) hits all alike.
+LABELS=(
+    "cp -r"
+    "cp -r + sync"
+    "cp -r + sha256sum"
+    "sha256sum (hash only)"
+    "verify-manifest (hash only)"
+    "reshard --dtype keep"
+    "reshard --shard-size 500MB"
+)
+CMDS=(
+    'cp -r "$IN" "$OUT"'
+    'cp -r "$IN" "$OUT" && sync "$OUT"/*'
+    'cp -r "$IN" "$OUT" && sha256sum "$OUT"/*'
+    'sha256sum "$IN"/*'
+    '"$BIN" verify-manifest "$WORK/ref"'
+    '"$BIN" reshard "$IN" -o "$OUT" --dtype keep'
+    '"$BIN" reshard "$IN" -o "$OUT" --dtype keep --shard-size 500MB'
+)
+declare -a SECS RSS CPU   # per case: "s1 s2 ...", "kib1 ...", "user+sys s ..."
+
+cpu_idle_pct() {   # share of CPU time idle over one second, whole machine
+    local a b
+    a=($(head -n1 /proc/stat)); sleep 1; b=($(head -n1 /proc/stat))
+    local idle=$(( b[4] + b[5] - a[4] - a[5] )) total=0 i
+    for (( i = 1; i < ${#a[@]}; i++ )); do total=$(( total + b[i] - a[i] )); done
+    echo $(( total > 0 ? 100 * idle / total : 100 ))
 }
 
 IN=$WORK/in
 export IN BIN WORK
-echo "timing (1 warm-up + $REPS runs each) ..." >&2
-run_case "cp -r"                          'cp -r "$IN" "$OUT"'
-run_case "cp -r + sync"                   'cp -r "$IN" "$OUT" && sync "$OUT"/*'
-run_case "cp -r + sha256sum"              'cp -r "$IN" "$OUT" && sha256sum "$OUT"/*'
-run_case "sha256sum (hash only)"          'sha256sum "$IN"/*'
-run_case "verify-manifest (hash only)"    '"$BIN" verify-manifest "$WORK/ref"'
-run_case "reshard --dtype keep"           '"$BIN" reshard "$IN" -o "$OUT" --dtype keep'
-run_case "reshard --shard-size 500MB"     '"$BIN" reshard "$IN" -o "$OUT" --dtype keep --shard-size 500MB'
+IDLE_BEFORE=$(cpu_idle_pct)
+(( IDLE_BEFORE < 90 )) && echo "warning: the machine is only ${IDLE_BEFORE}% idle; other load will skew the figures" >&2
+echo "timing: 1 warm-up round + $REPS rounds of ${#CMDS[@]} commands ..." >&2
+for (( r = 0; r <= REPS; r++ )); do
+    for (( c = 0; c < ${#CMDS[@]}; c++ )); do
+        OUT=$WORK/out
+        rm -rf "$OUT" "$WORK"/.out.pesc-staging-*
+        sync
+        OUT=$OUT /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.txt" bash -c "${CMDS[c]}" >/dev/null 2>"$WORK/stderr.txt" || {
+            echo "FAILED: ${LABELS[c]}" >&2; cat "$WORK/stderr.txt" >&2; exit 1; }
+        (( r == 0 )) && continue   # warm-up
+        read -r s m u k < <(tail -n1 "$WORK/time.txt")
+        SECS[c]="${SECS[c]:-} $s"; RSS[c]="${RSS[c]:-} $m"; CPU[c]="${CPU[c]:-} $(awk -v u="$u" -v k="$k" 'BEGIN { print u + k }')"
+    done
+    (( r == 0 )) || echo "  round $r/$REPS done" >&2
+done
+rm -rf "$WORK/out"
+IDLE_AFTER=$(cpu_idle_pct)
+
+declare -a ROWS=()
+for (( c = 0; c < ${#CMDS[@]}; c++ )); do
+    med=$(printf '%s\n' ${SECS[c]} | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+    peak=$(printf '%s\n' ${RSS[c]} | sort -g | tail -n1)
+    cpu=$(printf '%s\n' ${CPU[c]} | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+    ROWS+=("${LABELS[c]}|$med|$peak|${SECS[c]# }|$cpu")
+done
 
 # --- report -------------------------------------------------------------------
 CP_SECS=$(echo "${ROWS[0]}" | cut -d'|' -f2)
+CPSYNC_SECS=$(echo "${ROWS[1]}" | cut -d'|' -f2)
 echo
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }')"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(free -g | awk '/^Mem:/ { print $2 " GiB RAM" }'), $(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }')"
 echo "checkpoint: $BYTES bytes ($LAYERS layers, bf16), largest tensor $LARGEST bytes; median of $REPS runs after 1 warm-up"
+echo "CPU idle (whole machine, 1 s sample): ${IDLE_BEFORE}% before, ${IDLE_AFTER}% after"
 echo
-printf '%s\n' "${ROWS[@]}" | awk -F'|' -v bytes="$BYTES" -v cp="$CP_SECS" -v largest="$LARGEST" '
+printf '%s\n' "${ROWS[@]}" | awk -F'|' -v bytes="$BYTES" -v cp="$CP_SECS" -v cps="$CPSYNC_SECS" -v largest="$LARGEST" '
 BEGIN {
     budget = 1.5 * largest + 100e6
-    printf "| %-29s | %7s | %6s | %8s | %8s | %11s | %10s | %-9s |\n", "command", "median s", "GB/s", "vs cp -r", "peak RSS MiB", "largest MiB", "budget MiB", "aims"
-    printf "|%s|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------------------", "---------:", "-------:", "---------:", "-------------:", "------------:", "-----------:", "-----------"
+    printf "| %-27s | %8s | %5s | %8s | %10s | %5s | %8s | %11s | %10s | %-22s |\n", "command", "median s", "GB/s", "vs cp -r", "vs cp+sync", "CPU s", "peak RSS", "largest", "RSS budget", "aims (1.3x cp, RSS)"
+    printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "-----------------------------", "---------:", "------:", "---------:", "-----------:", "------:", "---------:", "------------:", "-----------:", "------------------------"
 }
 {
     secs = $2; rss = $3 * 1024; ratio = secs / cp
     aims = "-"
-    if ($1 ~ /^reshard/) {
-        aims = (ratio <= 1.3 ? "time ok" : "TIME FAIL") ", " (rss < budget ? "rss ok" : "RSS FAIL")
-    }
-    printf "| %-29s | %8.2f | %6.2f | %8.2fx | %12.1f | %11.1f | %10.1f | %-9s |\n", $1, secs, bytes / secs / 1e9, ratio, rss / 1048576, largest / 1048576, budget / 1048576, aims
+    if ($1 ~ /^reshard/) aims = (ratio <= 1.3 ? "time ok" : "time FAIL") ", " (rss < budget ? "RSS ok" : "RSS FAIL")
+    printf "| %-27s | %8.2f | %5.2f | %7.2fx | %9.2fx | %5.2f | %4.1f MiB | %7.1f MiB | %6.1f MiB | %-22s |\n", $1, secs, bytes / secs / 1e9, ratio, secs / cps, $5, rss / 1048576, largest / 1048576, budget / 1048576, aims
 }'
 echo
 echo "all runs (s):"

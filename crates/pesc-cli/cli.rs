@@ -20,6 +20,10 @@ pub struct Args {
 pub enum Command {
     /// Show a model folder's or a .safetensors file's architecture, sizes and dtypes.
     Inspect(InspectArgs),
+    /// Turn a dense model into a PESC mixture of experts: shared FFN, router, zero-initialised adapters.
+    Craft(CraftArgs),
+    /// Turn a dense model into a Mixtral-format MoE whose experts are copies of the dense FFN.
+    Upcycle(UpcycleArgs),
     /// Rewrite a model folder with new shards and/or dtype, adding SHA256SUMS and a manifest.
     Reshard(ReshardArgs),
     /// Recompute every hash in DIR/pesc-manifest.json (and SHA256SUMS); exit 1 on the first mismatch.
@@ -47,7 +51,7 @@ pub struct OutputArgs {
     /// Output folder; must not exist (staged beside it and renamed into place).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: PathBuf,
-    /// Replace OUT if it exists (atomically, once the new folder is complete).
+    /// Replace OUT if it exists (atomically, once the new folder is complete); for craft, also allow an adapter wider than the hidden size.
     #[arg(long)]
     pub force: bool,
     /// Largest shard, e.g. 5GB, 500MB, 2GiB.
@@ -99,6 +103,52 @@ pub struct ReshardArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub out: OutputArgs,
+    /// Stored dtype of the output tensors.
+    #[arg(long, value_enum, default_value_t = DTypeArg::Keep)]
+    pub dtype: DTypeArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CraftArgs {
+    /// A dense Hugging Face model folder (llama, mistral or qwen2).
+    pub dense: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Experts per layer.
+    #[arg(long)]
+    pub experts: u64,
+    /// Experts used per token.
+    #[arg(long)]
+    pub top_k: u64,
+    /// Width of each expert's bottleneck adapter.
+    #[arg(long)]
+    pub adapter_dim: u64,
+    /// Scale of the adapter branch (`moe_scaling`).
+    #[arg(long, default_value_t = pesc_craft::DEFAULT_SCALING)]
+    pub scaling: f64,
+    /// Seed of the router and adapter initialisation (same seed, same bytes on every machine).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stored dtype of the output tensors.
+    #[arg(long, value_enum, default_value_t = DTypeArg::Keep)]
+    pub dtype: DTypeArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpcycleArgs {
+    /// A dense Hugging Face model folder (llama or mistral, without biases).
+    pub dense: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Experts per layer.
+    #[arg(long)]
+    pub experts: u64,
+    /// Experts used per token.
+    #[arg(long)]
+    pub top_k: u64,
+    /// Seed of the router initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Stored dtype of the output tensors.
     #[arg(long, value_enum, default_value_t = DTypeArg::Keep)]
     pub dtype: DTypeArg,

@@ -3,6 +3,7 @@
 //! installs the Ctrl-C handler and maps errors to exit codes.
 
 mod cli;
+mod craft;
 mod inspect;
 mod output;
 mod progress;
@@ -28,6 +29,8 @@ fn main() -> ExitCode {
     let args = cli::Args::parse();
     let result = match args.command {
         cli::Command::Inspect(a) => inspect::run(&a),
+        cli::Command::Craft(a) => craft::run_craft(&a),
+        cli::Command::Upcycle(a) => craft::run_upcycle(&a),
         cli::Command::Reshard(a) => reshard::run(&a),
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
     };

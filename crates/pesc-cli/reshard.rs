@@ -18,7 +18,7 @@ pub fn run(args: &ReshardArgs) -> Result<()> {
     let mut out = OutputDir::create(&args.out.output, args.out.force, &[&args.model])?;
     let inputs = BTreeMap::from([("model".to_owned(), input_digests(&model)?)]);
     let bar = progress::bytes("writing", model.weights.total_bytes());
-    pesc_craft::reshard(&model, &mut out, args.dtype.store(), args.out.shard_size, &mut |n| bar.inc(n))?;
+    pesc_craft::reshard(&model, &mut out, args.dtype.store(), args.out.shard_size, &mut |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
     let publish = Publish {
         command: "reshard".into(),

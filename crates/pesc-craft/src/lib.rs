@@ -3,12 +3,22 @@
 //! and leaves publishing (manifest, rename) to [`Publish`].
 //!
 //! - [`reshard`]: the same model, re-sharded and optionally re-typed.
+//! - [`craft`]: dense -> PESC (shared FFN, zero-initialised adapters, router).
+//! - [`upcycle`]: dense -> Mixtral (full FFN copies, router).
 
+mod card;
+mod craft;
 mod folder;
+mod init;
 mod reshard;
+mod upcycle;
 
+pub use card::{craft_card, craft_counts, thousands, upcycle_card, upcycle_counts};
+pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
+pub use init::kaiming_uniform;
 pub use reshard::reshard;
+pub use upcycle::{mixtral_config, upcycle, validate_upcycle, UpcycleParams};
 
 /// Errors of a transformation.
 #[derive(Debug, thiserror::Error)]

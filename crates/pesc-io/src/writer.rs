@@ -85,14 +85,14 @@ fn plan_shards(specs: &[TensorSpec], shard_size: u64) -> Result<Vec<Vec<usize>>>
 /// Tensors are assigned to shards in name order; within a shard they are laid
 /// out by decreasing element size, then name, so every tensor is aligned to
 /// its element size. `produce` is called once per tensor, in file order, and
-/// must write exactly the tensor's bytes. `progress` gets the byte count of
-/// each tensor once it is written.
+/// must write exactly the tensor's bytes. `progress` gets the bytes written so
+/// far and the total after each tensor.
 pub fn write_weights<E: From<Error>>(
     out: &mut OutputDir,
     mut specs: Vec<TensorSpec>,
     shard_size: u64,
     produce: &mut dyn FnMut(&TensorSpec, &mut dyn Write) -> Result<(), E>,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), E> {
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = specs.windows(2).find(|w| w[0].name == w[1].name) {
@@ -102,7 +102,8 @@ pub fn write_weights<E: From<Error>>(
     let n = shards.len().max(1);
     let metadata = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
     let mut weight_map = serde_json::Map::new();
-    let mut total = 0u64;
+    let total: u64 = specs.iter().map(|s| s.nbytes().unwrap_or(0)).sum();
+    let mut done = 0u64;
     for (si, members) in shards.iter().enumerate() {
         let file_name = if n == 1 { "model.safetensors".to_owned() } else { format!("model-{:05}-of-{n:05}.safetensors", si + 1) };
         let mut order: Vec<&TensorSpec> = members.iter().map(|&i| &specs[i]).collect();
@@ -120,8 +121,8 @@ pub fn write_weights<E: From<Error>>(
             if written != size {
                 return Err(Error::ProducedSize { tensor: spec.name.clone(), expected: size, actual: written }.into());
             }
-            progress(size);
-            total += size;
+            done += size;
+            progress(done, total);
             weight_map.insert(spec.name.clone(), json!(file_name));
         }
         file.finish()?;

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Cross-check pesc-convert's outputs against transformers, safetensors,
+# sha256sum and jsonschema: set up .venv, build the release binary, run
+# scripts/crosscheck.py. Extra arguments go to crosscheck.py (e.g. -k logits).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/py-env.sh
+if [[ -f Cargo.lock ]]; then
+    cargo build --release --locked
+else
+    cargo build --release
+fi
+exec .venv/bin/python scripts/crosscheck.py --bin target/release/pesc-convert "$@"
