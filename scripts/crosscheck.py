@@ -3,14 +3,15 @@
 
     .venv/bin/python scripts/crosscheck.py [--bin PATH] [-k SUBSTRING] [--keep]
 
-Each check is a function registered with @check (or @check(over=ITEMS) to
-run it once per item, the item passed as its argument); checks run in the
-order they are defined. A check returns a short detail string for its PASS
-line, or raises (assert, Fail, anything) to fail. Outputs of the tool are
-made lazily and shared between checks through reshard(), so any subset of
-checks can run on its own (-k). The last line is `N passed, M failed`;
-the exit status is 1 if any check failed. Set up the environment with
-scripts/py-env.sh; scripts/crosscheck.sh does all of it.
+A check is a function registered with @check, or with @check(over=ITEMS) to
+run once per item (passed as its argument, named fn[item]); checks run in
+the order they are defined. It returns a short detail for its PASS line, or
+raises (assert, Fail, anything) to fail. The tool's outputs are made lazily
+and cached by output(command, fixture, *flags), so checks share them and any
+subset runs on its own (-k). The generic checks (sha256sums, manifest,
+deterministic) run over RUNS: add a craft/upcycle run there to cover it.
+The last line is `N passed, M failed`; the exit status is 1 if any check
+failed (or none ran). scripts/crosscheck.sh sets up .venv and builds first.
 """
 
 import os
@@ -23,6 +24,7 @@ import argparse
 import filecmp
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,8 +45,10 @@ hf_logging.disable_progress_bar()
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
 FIXTURES = ["llama-gqa", "qwen2-bias", "mistral", "llama-sharded", "llama-tied"]
-# (fixture, --dtype, --shard-size or None): the reshard outputs most checks look at.
-RESHARDS = [(name, "f32", "200KB") for name in FIXTURES] + [("llama-sharded", "keep", None)]
+F32_SHARDED = ("--dtype", "f32", "--shard-size", "200KB")
+# Tool runs as (command, fixture, *flags): `pesc-convert COMMAND FIXTURE -o OUT FLAGS...`.
+RUNS = [("reshard", name, *F32_SHARDED) for name in FIXTURES] + [("reshard", "llama-sharded", "--dtype", "keep")]
+RESHARDS = [run for run in RUNS if run[0] == "reshard"]
 LOGITS_ATOL = 1e-5
 
 BIN: Path = None  # set by main()
@@ -57,13 +61,13 @@ class Fail(Exception):
 
 
 def check(fn=None, *, over=None):
-    """Register a check; with over=ITEMS, one check per item, named fn[item]."""
+    """Register a check; with over=ITEMS, one check per item."""
 
     def register(fn):
         if over is None:
             CHECKS.append((fn.__name__, fn))
         for item in over or ():
-            label = item if isinstance(item, str) else ":".join(str(x) for x in item if x)
+            label = item if isinstance(item, str) else " ".join(map(str, item))
             CHECKS.append((f"{fn.__name__}[{label}]", lambda item=item: fn(item)))
         return fn
 
@@ -81,18 +85,20 @@ def pesc(*args):
 _made = {}
 
 
-def reshard(fixture, dtype="f32", shard_size="200KB", again=False):
-    """Reshard a fixture once (cached) and return the output folder; again=True makes a fresh second copy."""
-    key = (fixture, dtype, shard_size, again)
+def output(command, fixture, *flags, again=False):
+    """Run `pesc-convert COMMAND FIXTURE -o OUT FLAGS...` once (cached) and return OUT.
+
+    again=True is a second, separate run into a folder of another name.
+    """
+    key = (command, fixture, *flags, again)
     if key not in _made:
-        out = TMP / ("again" if again else "out") / "-".join(str(x) for x in key[:3] if x)
+        out = TMP / ("again" if again else "out") / re.sub(r"[^\w.]+", "-", " ".join((command, fixture, *flags)))
         out.parent.mkdir(parents=True, exist_ok=True)
-        extra = ["--shard-size", shard_size] if shard_size else []
         try:
-            pesc("reshard", MODELS / fixture, "-o", out, "--dtype", dtype, *extra)
+            pesc(command, MODELS / fixture, "-o", out, *flags)
             _made[key] = out
         except Fail as e:
-            _made[key] = e  # fail every check that needs it, without rerunning
+            _made[key] = e  # fails every check that needs it, without rerunning
     if isinstance(_made[key], Fail):
         raise _made[key]
     return _made[key]
@@ -119,7 +125,7 @@ def sha256(path):
 @check(over=FIXTURES)
 def logits(fixture):
     """transformers loads the sharded f32 output and computes the reference logits."""
-    out = reshard(fixture)
+    out = output("reshard", fixture, *F32_SHARDED)
     assert len(list(out.glob("*.safetensors"))) > 1, "expected a sharded output"
     ref = load_file(MODELS / f"{fixture}.reference.safetensors")
     model, info = AutoModelForCausalLM.from_pretrained(
@@ -138,14 +144,14 @@ def logits(fixture):
 @check(over=RESHARDS)
 def safetensors_exact(run):
     """The safetensors package reads every tensor back, bit-identical to the input after the dtype change."""
-    fixture, dtype, _ = run
-    out = reshard(*run)
+    fixture, dtype = run[1], run[run.index("--dtype") + 1] if "--dtype" in run else "keep"
+    out = output(*run)
     want, got = read_tensors(MODELS / fixture), read_tensors(out)
     assert sorted(got) == sorted(want), f"tensor names differ: {sorted(set(got) ^ set(want))}"
     for name, (_, w) in want.items():
         g = got[name][1]
         if dtype == "f32":
-            w = w.to(torch.float32)
+            w = w.to(torch.float32)  # exact from bf16 and f16
         assert g.dtype == w.dtype and g.shape == w.shape, f"{name}: {g.dtype}{list(g.shape)} != {w.dtype}{list(w.shape)}"
         assert torch.equal(g.view(torch.uint8), w.view(torch.uint8)), f"{name}: values differ"
     index = out / "model.safetensors.index.json"
@@ -158,10 +164,10 @@ def safetensors_exact(run):
     return f"{len(got)} tensors in {len(files)} files"
 
 
-@check(over=RESHARDS)
+@check(over=RUNS)
 def sha256sums(run):
     """`sha256sum -c SHA256SUMS` passes and SHA256SUMS lists every other file."""
-    out = reshard(*run)
+    out = output(*run)
     proc = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
     bad = [line for line in proc.stdout.splitlines() if not line.endswith(": OK")]
     assert proc.returncode == 0, f"sha256sum -c: {'; '.join(bad)} {proc.stderr.strip()}"
@@ -171,30 +177,30 @@ def sha256sums(run):
     return f"{len(listed)} files"
 
 
-@check(over=RESHARDS)
+@check(over=RUNS)
 def manifest(run):
-    """pesc-manifest.json validates against the schema and its hashes and sizes are right."""
-    fixture = run[0]
-    out = reshard(*run)
+    """pesc-manifest.json validates against the schema; its sizes and hashes are right."""
+    out = output(*run)
     schema = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     doc = json.loads((out / "pesc-manifest.json").read_text())
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+    errors = jsonschema.Draft202012Validator(schema).iter_errors(doc)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
     assert not errors, "; ".join(errors[:5])
     files = [f["path"] for f in doc["files"]]
     present = sorted(p.name for p in out.iterdir() if p.name not in ("pesc-manifest.json", "SHA256SUMS"))
     assert files == present, f"files lists {files}, folder has {present}"
-    for entry, folder in [(f, out) for f in doc["files"]] + [(f, MODELS / fixture) for f in doc["inputs"]]:
+    for entry, folder in [(f, out) for f in doc["files"]] + [(f, MODELS / run[1]) for f in doc["inputs"]]:
         path = folder / entry["path"]
         assert entry["bytes"] == path.stat().st_size, f"{path}: size {entry['bytes']} != {path.stat().st_size}"
         assert entry["sha256"] == sha256(path), f"{path}: sha256 differs"
     return f"{len(doc['files'])} files, {len(doc['inputs'])} inputs"
 
 
-@check(over=RESHARDS)
+@check(over=RUNS)
 def deterministic(run):
-    """The same reshard run twice, into folders of other names, gives byte-identical files."""
-    a, b = reshard(*run), reshard(*run, again=True)
+    """The same run twice, into folders of other names, gives byte-identical files."""
+    a, b = output(*run), output(*run, again=True)
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir()), "different file names"
     _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
@@ -225,7 +231,7 @@ def main():
         start = time.monotonic()
         try:
             detail = fn()
-        except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the run
+        except Exception as e:  # every failure is reported; none stops the run
             failed += 1
             kind = "" if isinstance(e, (Fail, AssertionError)) else f"{type(e).__name__}: "
             print(f"FAIL {name}: {kind}{e}".replace("\n", " | "), flush=True)
