@@ -47,7 +47,15 @@ MODELS = ROOT / "fixtures" / "models"
 FIXTURES = ["llama-gqa", "qwen2-bias", "mistral", "llama-sharded", "llama-tied"]
 F32_SHARDED = ("--dtype", "f32", "--shard-size", "200KB")
 # Tool runs as (command, fixture, *flags): `pesc-convert COMMAND FIXTURE -o OUT FLAGS...`.
-RUNS = [("reshard", name, *F32_SHARDED) for name in FIXTURES] + [("reshard", "llama-sharded", "--dtype", "keep")]
+CRAFT = ("--experts", "4", "--top-k", "2", "--adapter-dim", "8", "--shard-size", "200KB")
+UPCYCLE = ("--experts", "4", "--top-k", "2", "--shard-size", "200KB")
+UPCYCLABLE = ["llama-gqa", "mistral", "llama-sharded", "llama-tied"]
+RUNS = (
+    [("reshard", name, *F32_SHARDED) for name in FIXTURES]
+    + [("reshard", "llama-sharded", "--dtype", "keep")]
+    + [("craft", name, *CRAFT) for name in FIXTURES]
+    + [("upcycle", name, *UPCYCLE) for name in UPCYCLABLE]
+)
 RESHARDS = [run for run in RUNS if run[0] == "reshard"]
 LOGITS_ATOL = 1e-5
 
@@ -139,6 +147,28 @@ def logits(fixture):
     diff = (got - ref["logits"]).abs().max().item()
     assert diff <= LOGITS_ATOL, f"max |logits - reference| = {diff:.3g} > {LOGITS_ATOL}"
     return f"{type(model).__name__}, max abs diff {diff:.2g}"
+
+
+def reference_logits(fixture, folder, expect_class):
+    """Load folder with transformers in f32; max |logits - fixture's reference|."""
+    ref = load_file(MODELS / f"{fixture}.reference.safetensors")
+    model, info = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager", local_files_only=True, output_loading_info=True
+    )
+    bad = {k: v for k, v in info.items() if v}
+    assert not bad, f"loading info: {bad}"
+    assert type(model).__name__ == expect_class, type(model).__name__
+    with torch.no_grad():
+        got = model.eval()(input_ids=ref["token_ids"][None], use_cache=False).logits[0]
+    return (got - ref["logits"]).abs().max().item()
+
+
+@check(over=UPCYCLABLE)
+def upcycled_mixtral(fixture):
+    """transformers loads the upcycled model as Mixtral and its logits equal the dense model's within 1e-4."""
+    diff = reference_logits(fixture, output("upcycle", fixture, *UPCYCLE), "MixtralForCausalLM")
+    assert diff <= 1e-4, f"max |mixtral - dense| = {diff:.3g} > 1e-4"
+    return f"max abs diff {diff:.2g}"
 
 
 @check(over=RESHARDS)
