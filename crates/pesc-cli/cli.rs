@@ -24,6 +24,10 @@ pub enum Command {
     Craft(CraftArgs),
     /// Turn a dense model into a Mixtral-format MoE whose experts are copies of the dense FFN.
     Upcycle(UpcycleArgs),
+    /// Compute logits for token ids and save them as a safetensors file (tensor `logits`, [T, vocab], f32).
+    Logits(LogitsArgs),
+    /// Check that CANDIDATE computes what REFERENCE computes: exit 0 within tolerance, 1 beyond it.
+    Verify(VerifyArgs),
     /// Rewrite a model folder with new shards and/or dtype, adding SHA256SUMS and a manifest.
     Reshard(ReshardArgs),
     /// Recompute every hash in DIR/pesc-manifest.json (and SHA256SUMS); exit 1 on the first mismatch.
@@ -152,4 +156,84 @@ pub struct UpcycleArgs {
     /// Stored dtype of the output tensors.
     #[arg(long, value_enum, default_value_t = DTypeArg::Keep)]
     pub dtype: DTypeArg,
+}
+
+/// Compute precision of the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ComputeArg {
+    /// 32-bit float.
+    F32,
+    /// bfloat16 (norms and softmax in f32).
+    Bf16,
+}
+
+impl ComputeArg {
+    pub fn dtype(self) -> pesc_model::ComputeDType {
+        match self {
+            ComputeArg::F32 => pesc_model::ComputeDType::F32,
+            ComputeArg::Bf16 => pesc_model::ComputeDType::BF16,
+        }
+    }
+}
+
+/// A comma-separated list of token ids.
+#[derive(Debug, Clone)]
+pub struct TokenIds(pub Vec<u32>);
+
+fn parse_ids(s: &str) -> Result<TokenIds, String> {
+    let ids: Result<Vec<u32>, _> = s.split(',').map(|t| t.trim().parse::<u32>()).collect();
+    match ids {
+        Ok(v) if !v.is_empty() => Ok(TokenIds(v)),
+        _ => Err(format!("`{s}` is not a comma-separated list of token ids")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogitsArgs {
+    /// A model folder.
+    pub model: PathBuf,
+    /// Token ids, e.g. 1,2,3.
+    #[arg(long, value_parser = parse_ids)]
+    pub token_ids: TokenIds,
+    /// Output `.safetensors` file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
+    pub dtype: ComputeArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The model under test.
+    pub candidate: PathBuf,
+    /// The model it must match.
+    #[arg(long)]
+    pub against: PathBuf,
+    /// Token-id sequences to run, e.g. `1,2,3` (repeat the flag for several); default: a built-in set.
+    #[arg(long, value_parser = parse_ids)]
+    pub token_ids: Vec<TokenIds>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Largest allowed absolute logit difference.
+    #[arg(long, default_value_t = 1e-4)]
+    pub max_abs_diff: f32,
+    /// Largest allowed mean KL(reference || candidate), in nats.
+    #[arg(long, default_value_t = 1e-6)]
+    pub max_kl: f64,
+    /// Compute precision (both models).
+    #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
+    pub dtype: ComputeArg,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arguments_are_consistent() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
 }

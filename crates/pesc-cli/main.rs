@@ -5,9 +5,11 @@
 mod cli;
 mod craft;
 mod inspect;
+mod logits;
 mod output;
 mod progress;
 mod reshard;
+mod verify;
 mod verify_manifest;
 
 use clap::Parser;
@@ -31,6 +33,8 @@ fn main() -> ExitCode {
         cli::Command::Inspect(a) => inspect::run(&a),
         cli::Command::Craft(a) => craft::run_craft(&a),
         cli::Command::Upcycle(a) => craft::run_upcycle(&a),
+        cli::Command::Logits(a) => logits::run(&a),
+        cli::Command::Verify(a) => verify::run(&a),
         cli::Command::Reshard(a) => reshard::run(&a),
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
     };

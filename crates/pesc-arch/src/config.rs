@@ -145,6 +145,9 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// `max_position_embeddings`, if given.
     pub max_position_embeddings: Option<u64>,
+    /// Attention window, when the config enables one (mistral/mixtral `sliding_window`,
+    /// qwen2 only with `use_sliding_window`).
+    pub sliding_window: Option<u64>,
     /// `dtype` / `torch_dtype`, if given.
     pub dtype: Option<String>,
     /// The MoE layout.
@@ -254,6 +257,11 @@ impl ModelConfig {
             o_bias: family == Family::Llama && bias,
             mlp_bias: family == Family::Llama && r.bool("mlp_bias")?.unwrap_or(false),
             max_position_embeddings: r.opt_positive("max_position_embeddings")?,
+            sliding_window: match family {
+                Family::Qwen2 if r.bool("use_sliding_window")? != Some(true) => None,
+                Family::Llama => None,
+                _ => r.opt_positive("sliding_window")?,
+            },
             dtype,
             moe,
             model_type,

@@ -14,22 +14,11 @@
 //! 1/sqrt(fan_in))` is what `kaiming_uniform_(a = sqrt(5))` gives, PyTorch's
 //! default for `nn.Linear` and the reference implementation's choice.
 
+use pesc_tensor::SplitMix64;
+
 /// FNV-1a, 64-bit.
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// `n` values of `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` for tensor `name`.
@@ -38,12 +27,7 @@ impl SplitMix64 {
 pub fn kaiming_uniform(seed: u64, name: &str, fan_in: u64, n: usize) -> Vec<f32> {
     let mut rng = SplitMix64(seed ^ fnv1a64(name.as_bytes()));
     let bound = 1.0 / (fan_in as f64).sqrt();
-    (0..n)
-        .map(|_| {
-            let u = (rng.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-            (bound * (2.0 * u - 1.0)) as f32
-        })
-        .collect()
+    (0..n).map(|_| (bound * (2.0 * rng.next_f64() - 1.0)) as f32).collect()
 }
 
 #[cfg(test)]
@@ -53,7 +37,7 @@ mod tests {
     #[test]
     fn known_values_pin_the_generator() {
         // SplitMix64's published first output for state 0.
-        assert_eq!(SplitMix64(0).next(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(SplitMix64(0).next_u64(), 0xe220_a839_7b1d_cdaf);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 

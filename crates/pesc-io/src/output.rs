@@ -445,3 +445,53 @@ pub fn verify_manifest(dir: &Path) -> Result<ManifestCheck> {
     }
     Ok(check)
 }
+
+/// Writes one file atomically: a temporary file beside `path`, fsynced, then
+/// renamed over it (only with `force` when `path` exists) and the parent fsynced.
+pub fn write_file_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
+    let bad = |problem: &str| Error::OutputPath { path: path.into(), problem: problem.into() };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => return Err(bad("is a symlink; refusing to write through it")),
+        Ok(m) if m.is_dir() => return Err(bad("is a folder")),
+        Ok(_) if !force => return Err(Error::OutputExists { path: path.into() }),
+        _ => {}
+    }
+    let name = path.file_name().ok_or_else(|| bad("has no file name"))?.to_string_lossy().into_owned();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(bad("has no existing parent folder"));
+    }
+    let tmp = parent.join(format!(".{name}.pesc-staging-{}", std::process::id()));
+    let result = write_synced(&tmp, bytes).and_then(|()| fs::rename(&tmp, path).at(path)).and_then(|()| sync_dir(&parent));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Checks every line of `DIR/SHA256SUMS`; returns the first mismatching or
+/// missing file and what is wrong with it, or `None` when all match.
+pub fn check_sha256sums(dir: &Path) -> Result<Option<(String, String)>> {
+    let path = dir.join(SHA256SUMS);
+    let text = crate::checkpoint::read_capped(&path, 16 << 20)?;
+    for (i, line) in String::from_utf8_lossy(&text).lines().enumerate() {
+        let Some((want, name)) = line.split_once("  ").or_else(|| line.split_once(" *")).filter(|(s, _)| s.len() == 64) else {
+            return Err(Error::Structure { path: path.clone(), what: format!("line {} is not `<sha256>  <file>`", i + 1) });
+        };
+        if name.contains('/') || name.contains('\\') || name == ".." {
+            return Err(Error::Structure { path: path.clone(), what: format!("line {} names `{name}`, not a plain file name", i + 1) });
+        }
+        let file = dir.join(name);
+        if !file.is_file() {
+            return Ok(Some((name.to_owned(), "is listed in `SHA256SUMS` but missing".into())));
+        }
+        let got = hash_file(&file)?;
+        if got.sha256 != want {
+            return Ok(Some((name.to_owned(), format!("has SHA-256 {}, `SHA256SUMS` says {want}", got.sha256))));
+        }
+    }
+    Ok(None)
+}
