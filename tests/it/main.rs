@@ -4,3 +4,4 @@ mod common;
 mod hostile;
 mod craft;
 mod io;
+mod runner;

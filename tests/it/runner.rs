@@ -1,0 +1,183 @@
+//! The runner: `logits` against transformers' reference logits, the KV cache,
+//! and `verify` (exactness of fresh crafts, tolerance, bad input).
+
+use crate::common::{assert_code, assert_rejects, copy_dir, fixture, run, stderr, stdout};
+use pesc_arch::Model;
+use pesc_model::{Cache, ComputeDType, Runner};
+use pesc_tensor::{from_f32, to_f32, DType};
+use serde_json::Value;
+use std::path::Path;
+
+const FIXTURES: [&str; 5] = ["llama-gqa", "qwen2-bias", "mistral", "llama-sharded", "llama-tied"];
+
+/// `(token_ids, logits [T][V])` that transformers computed for a fixture.
+fn reference(name: &str) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let f = pesc_io::SafetensorsFile::open(&fixture("").join(format!("{name}.reference.safetensors"))).unwrap();
+    let ids = f.read(f.tensor("token_ids").unwrap()).unwrap();
+    let ids: Vec<u32> = ids.chunks_exact(8).map(|c| u32::try_from(i64::from_le_bytes(c.try_into().unwrap())).unwrap()).collect();
+    let t = f.tensor("logits").unwrap();
+    let v = usize::try_from(t.shape[1]).unwrap();
+    let logits = to_f32(DType::F32, &f.read(t).unwrap()).unwrap();
+    (ids, logits.chunks(v).map(<[f32]>::to_vec).collect())
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn ids_arg(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn logits_match_transformers_on_every_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        let (ids, want) = reference(name);
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let o = run([Path::new("logits"), &fixture(name), Path::new("--token-ids"), Path::new(&ids_arg(&ids)), Path::new("-o"), &out]);
+        assert_code(&o, 0);
+        let f = pesc_io::SafetensorsFile::open(&out).unwrap();
+        assert_eq!(f.tensors().len(), 1);
+        let t = f.tensor("logits").unwrap();
+        assert_eq!((t.dtype, t.shape.as_slice()), (DType::F32, [12u64, 320].as_slice()));
+        let got: Vec<Vec<f32>> = to_f32(DType::F32, &f.read(t).unwrap()).unwrap().chunks(320).map(<[f32]>::to_vec).collect();
+        let d = max_diff(&got, &want);
+        assert!(d <= 1e-4, "{name}: max |ours - transformers| = {d}");
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_the_full_forward() {
+    for name in ["llama-gqa", "qwen2-bias"] {
+        let model = Model::open(&fixture(name)).unwrap();
+        let runner = Runner::load(&model, ComputeDType::F32, &candle_core::Device::Cpu).unwrap();
+        let (ids, want) = reference(name);
+        let mut cache = Cache::default();
+        let mut got = runner.forward(&ids[..5], &mut cache).unwrap().logits.to_vec2::<f32>().unwrap();
+        for &t in &ids[5..] {
+            got.extend(runner.forward(&[t], &mut cache).unwrap().logits.to_vec2::<f32>().unwrap());
+        }
+        assert_eq!(cache.len(), ids.len());
+        let d = max_diff(&got, &want);
+        assert!(d <= 1e-4, "{name}: {d}");
+    }
+}
+
+#[test]
+fn bf16_compute_stays_close_to_f32() {
+    let model = Model::open(&fixture("llama-sharded")).unwrap();
+    let (ids, want) = reference("llama-sharded");
+    let runner = Runner::load(&model, ComputeDType::BF16, &candle_core::Device::Cpu).unwrap();
+    let got = runner.forward(&ids, &mut Cache::default()).unwrap().logits.to_vec2::<f32>().unwrap();
+    let d = max_diff(&got, &want);
+    assert!(d > 0.0 && d < 0.05, "bf16 differs from f32 by {d}");
+}
+
+fn craft(dense: &Path, out: &Path) {
+    let o = run([Path::new("craft"), dense, Path::new("-o"), out, Path::new("--experts"), Path::new("4"), Path::new("--top-k"), Path::new("2"), Path::new("--adapter-dim"), Path::new("8")]);
+    assert_code(&o, 0);
+}
+
+fn verify_json(candidate: &Path, reference: &Path, code: i32) -> Value {
+    let o = run([Path::new("verify"), candidate, Path::new("--against"), reference, Path::new("--json")]);
+    assert_code(&o, code);
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+/// Copies a crafted folder without its checksum files, setting the `adapter_up`
+/// tensors to `value`: everywhere, or (`one_element`) only their first element.
+fn with_adapters(src: &Path, dst: &Path, layer: &str, one_element: bool, value: f32) {
+    copy_dir(src, dst);
+    for f in [pesc_io::SHA256SUMS, pesc_io::MANIFEST] {
+        std::fs::remove_file(dst.join(f)).unwrap();
+    }
+    let ck = pesc_io::Checkpoint::open_dir(src).unwrap();
+    let tensors: Vec<(String, DType, Vec<u64>, Vec<u8>)> = ck
+        .tensors()
+        .map(|t| {
+            let mut bytes = ck.read(&t.name).unwrap();
+            if t.name.ends_with(".adapter_up.weight") && t.name.starts_with(layer) {
+                let n = if one_element { 1 } else { usize::try_from(t.numel()).unwrap() };
+                let new = from_f32(t.dtype, &vec![value; n]).unwrap();
+                bytes[..new.len()].copy_from_slice(&new);
+            }
+            (t.name.clone(), t.dtype, t.shape.clone(), bytes)
+        })
+        .collect();
+    let list: Vec<_> = tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
+    let mut file = std::fs::File::create(dst.join("model.safetensors")).unwrap();
+    pesc_io::safetensors::write_all(&mut file, &list, &Default::default()).unwrap();
+}
+
+#[test]
+fn a_fresh_craft_verifies_exactly_and_any_adapter_breaks_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        let out = tmp.path().join(name);
+        craft(&fixture(name), &out);
+        let r = verify_json(&out, &fixture(name), 0);
+        assert_eq!((r["max_abs_diff"].as_f64(), r["exact"].as_bool(), r["exact_required"].as_bool()), (Some(0.0), Some(true), Some(true)), "{name}");
+        assert_eq!(r["tokens_compared"], 96);
+        let load = r["expert_load"].as_array().unwrap();
+        assert!(!load.is_empty());
+        // Every token goes to top-k = 2 experts in every layer.
+        assert!(load.iter().all(|l| l.as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum::<u64>() == 2 * 96));
+    }
+    // One non-zero weight per expert of layer 0 (so that some routed expert has it): not exact, not within tolerance.
+    let one = tmp.path().join("one");
+    let gqa = tmp.path().join("llama-gqa");
+    with_adapters(&gqa, &one, "model.layers.0.", true, 0.5);
+    let r = verify_json(&one, &fixture("llama-gqa"), 1);
+    assert_eq!((r["exact"].as_bool(), r["exact_required"].as_bool()), (Some(false), Some(false)), "{r}");
+    let o = run([Path::new("verify"), &one, Path::new("--against"), &fixture("llama-gqa")]);
+    assert!(stderr(&o).contains("max_abs_diff") && stderr(&o).contains("at sequence"), "{}", stderr(&o));
+    // Adapters everywhere fail too.
+    let big = tmp.path().join("big");
+    with_adapters(&gqa, &big, "model.layers.", false, 0.05);
+    let r = verify_json(&big, &fixture("llama-gqa"), 1);
+    assert!(r["max_abs_diff"].as_f64().unwrap() > 1e-3, "{r}");
+    assert_eq!(r["exact_required"], false);
+    assert_eq!(r["pass"], false);
+}
+
+#[test]
+fn the_upcycled_model_verifies_within_tolerance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mixtral");
+    let o = run([Path::new("upcycle"), &fixture("mistral"), Path::new("-o"), &out, Path::new("--experts"), Path::new("4"), Path::new("--top-k"), Path::new("2")]);
+    assert_code(&o, 0);
+    let r = verify_json(&out, &fixture("mistral"), 0);
+    assert!(r["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{r}");
+    assert_eq!(r["candidate"], "Mixtral");
+    let (ids, want) = reference("mistral");
+    let model = Model::open(&out).unwrap();
+    let got = Runner::load(&model, ComputeDType::F32, &candle_core::Device::Cpu).unwrap().forward(&ids, &mut Cache::default()).unwrap();
+    assert!(max_diff(&got.logits.to_vec2::<f32>().unwrap(), &want) <= 1e-4);
+}
+
+#[test]
+fn verify_and_logits_reject_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run([Path::new("logits"), &fixture("llama-gqa"), Path::new("--token-ids"), Path::new("1,320"), Path::new("-o"), &tmp.path().join("x.safetensors")]);
+    assert_rejects(&o, &["token id 320 is outside the vocabulary (size 320)"]);
+    assert!(!tmp.path().join("x.safetensors").exists());
+    let o = run([Path::new("logits"), &fixture("llama-gqa"), Path::new("--token-ids"), Path::new("1,,2"), Path::new("-o"), &tmp.path().join("x.safetensors")]);
+    assert_code(&o, 2);
+    // A vocabulary of another size cannot be compared.
+    let other = tmp.path().join("other");
+    copy_dir(&fixture("llama-gqa"), &other);
+    let cfg = std::fs::read_to_string(other.join("config.json")).unwrap().replace("\"vocab_size\": 320", "\"vocab_size\": 160");
+    std::fs::write(other.join("config.json"), cfg).unwrap();
+    let o = run([Path::new("verify"), &fixture("llama-gqa"), Path::new("--against"), &other]);
+    assert_code(&o, 2);
+    let o = run([Path::new("verify"), &fixture("llama-gqa"), Path::new("--against"), &fixture("qwen2-bias"), Path::new("--token-ids"), Path::new("1,400")]);
+    assert_rejects(&o, &["token id 400 is outside the vocabulary"]);
+    // Checksums are checked first: a tampered crafted folder fails with exit 1.
+    let crafted = tmp.path().join("crafted");
+    craft(&fixture("llama-gqa"), &crafted);
+    std::fs::write(crafted.join("generation_config.json"), "{}").unwrap();
+    let o = run([Path::new("verify"), &crafted, Path::new("--against"), &fixture("llama-gqa")]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("`generation_config.json` has SHA-256"), "{}", stderr(&o));
+}
