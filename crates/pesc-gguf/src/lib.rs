@@ -1,0 +1,1 @@
+//! GGUF v3: a hardened reader and a streaming writer (in progress).
