@@ -28,6 +28,8 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Check that CANDIDATE computes what REFERENCE computes: exit 0 within tolerance, 1 beyond it.
     Verify(VerifyArgs),
+    /// Answer a prompt: applies the chat template, streams the reply to stdout.
+    Run(RunArgs),
     /// Rewrite a model folder with new shards and/or dtype, adding SHA256SUMS and a manifest.
     Reshard(ReshardArgs),
     /// Recompute every hash in DIR/pesc-manifest.json (and SHA256SUMS); exit 1 on the first mismatch.
@@ -236,4 +238,34 @@ mod tests {
     fn arguments_are_consistent() {
         <super::Args as clap::CommandFactory>::command().debug_assert();
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A model folder with a `tokenizer.json`.
+    pub model: PathBuf,
+    /// The user's message.
+    #[arg(long)]
+    pub prompt: String,
+    /// A system message (otherwise the template's default, if any).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Feed the prompt as plain text, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
+    pub dtype: ComputeArg,
 }

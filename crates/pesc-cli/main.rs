@@ -9,6 +9,7 @@ mod logits;
 mod output;
 mod progress;
 mod reshard;
+mod run;
 mod verify;
 mod verify_manifest;
 
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         cli::Command::Upcycle(a) => craft::run_upcycle(&a),
         cli::Command::Logits(a) => logits::run(&a),
         cli::Command::Verify(a) => verify::run(&a),
+        cli::Command::Run(a) => run::run(&a),
         cli::Command::Reshard(a) => reshard::run(&a),
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
     };

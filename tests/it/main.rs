@@ -5,3 +5,4 @@ mod hostile;
 mod craft;
 mod io;
 mod runner;
+mod text;

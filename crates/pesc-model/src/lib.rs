@@ -14,9 +14,11 @@
 
 mod rope;
 mod sample;
+mod text;
 mod transformer;
 
-pub use sample::Sampler;
+pub use sample::{generate, Sampler};
+pub use text::{ChatMessage, TextModel};
 pub use transformer::{Cache, ComputeDType, Forward, Runner};
 
 /// Errors of the runner.

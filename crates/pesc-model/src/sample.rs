@@ -75,3 +75,30 @@ mod tests {
         assert_eq!(picks, (0..200).map(|_| again.pick(&logits)).collect::<Vec<_>>());
     }
 }
+
+/// Generates up to `max_new` tokens after `prompt`, stopping after any of
+/// `stop`; `on_token` sees each new token as it is chosen. Returns them all.
+pub fn generate(
+    runner: &crate::Runner,
+    prompt: &[u32],
+    max_new: usize,
+    sampler: &mut Sampler,
+    stop: &[u32],
+    on_token: &mut dyn FnMut(u32) -> crate::Result<()>,
+) -> crate::Result<Vec<u32>> {
+    let mut cache = crate::Cache::default();
+    let mut out = Vec::new();
+    let mut input = prompt.to_vec();
+    while out.len() < max_new {
+        let logits = runner.forward(&input, &mut cache)?.logits;
+        let last = logits.get(logits.dim(0)? - 1)?.to_vec1::<f32>()?;
+        let next = sampler.pick(&last);
+        out.push(next);
+        on_token(next)?;
+        if stop.contains(&next) {
+            break;
+        }
+        input = vec![next];
+    }
+    Ok(out)
+}

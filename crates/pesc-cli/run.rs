@@ -1,0 +1,57 @@
+//! `pesc-convert run MODEL --prompt TEXT`.
+
+use crate::cli::RunArgs;
+use crate::output;
+use anyhow::{bail, Result};
+use pesc_arch::Model;
+use pesc_model::{ChatMessage, Runner, Sampler, TextModel};
+use std::io::Write;
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    if a.prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) || !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--temperature must be a finite number >= 0 and --top-p in (0, 1]");
+    }
+    let model = Model::open(&a.model)?;
+    let text = TextModel::load(&a.model)?;
+    let prompt = if a.raw || !text.has_chat_template() {
+        if !a.raw {
+            output::warn("the model has no chat template; using the prompt as plain text");
+        }
+        a.prompt.clone()
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+        }
+        messages.push(ChatMessage { role: "user".into(), content: a.prompt.clone() });
+        text.apply_chat_template(&messages, true)?
+    };
+    let ids = text.encode(&prompt)?;
+    let runner = Runner::load(&model, a.dtype.dtype(), &candle_core::Device::Cpu)?;
+    let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
+    let mut generated = Vec::new();
+    let mut shown = 0usize;
+    let mut stdout = std::io::stdout().lock();
+    let started = std::time::Instant::now();
+    let out = pesc_model::generate(&runner, &ids, a.max_new_tokens, &mut sampler, text.eos_ids(), &mut |t| {
+        generated.push(t);
+        // Print only the text that became final: decoding a prefix can end in
+        // half a UTF-8 character.
+        let so_far = text.decode(&generated)?;
+        if let Some(new) = so_far.get(shown..).filter(|n| !n.is_empty() && !so_far.ends_with('\u{fffd}')) {
+            let _ = stdout.write_all(new.as_bytes());
+            let _ = stdout.flush();
+            shown = so_far.len();
+        }
+        Ok(())
+    })?;
+    let all = text.decode(&generated)?;
+    let _ = writeln!(stdout, "{}", all.get(shown..).unwrap_or(""));
+    let secs = started.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    output::note(&format!("{} prompt tokens, {} generated in {secs:.2}s ({:.1} tokens/s)", ids.len(), out.len(), out.len() as f64 / secs.max(1e-9)));
+    Ok(())
+}

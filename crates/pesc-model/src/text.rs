@@ -1,0 +1,142 @@
+//! Text in and out: `tokenizer.json` through the `tokenizers` crate, and the
+//! model's chat template (Jinja, as transformers' `apply_chat_template`).
+
+use crate::{ModelError, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// A model folder's tokenizer and chat template.
+pub struct TextModel {
+    tokenizer: Tokenizer,
+    template: Option<String>,
+    bos: Option<String>,
+    eos: Option<String>,
+    eos_ids: Vec<u32>,
+    dir: PathBuf,
+}
+
+/// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn read_json(dir: &Path, name: &str) -> Result<Option<Value>> {
+    let path = dir.join(name);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    pesc_io::confined(dir, &path)?;
+    let bytes = pesc_io::read_capped(&path, 64 << 20)?;
+    let v = pesc_io::parse_strict(&bytes).map_err(|e| ModelError::Text { path, message: format!("invalid JSON: {e}") })?;
+    Ok(Some(v))
+}
+
+impl TextModel {
+    /// Loads `dir/tokenizer.json`, the chat template (`chat_template.jinja`,
+    /// else `tokenizer_config.json`'s `chat_template`), the special tokens and
+    /// the end-of-sequence ids (`generation_config.json`, else the tokenizer's).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(ModelError::Text { path, message: "not found; this model has no tokenizer (pass token ids instead)".into() });
+        }
+        pesc_io::confined(dir, &path)?;
+        let bytes = pesc_io::read_capped(&path, 256 << 20)?;
+        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Text { path: path.clone(), message: e.to_string() })?;
+        let config = read_json(dir, "tokenizer_config.json")?.unwrap_or(Value::Null);
+        let jinja = dir.join("chat_template.jinja");
+        let template = if jinja.is_file() {
+            pesc_io::confined(dir, &jinja)?;
+            let bytes = pesc_io::read_capped(&jinja, 4 << 20)?;
+            Some(String::from_utf8(bytes).map_err(|_| ModelError::Text { path: jinja, message: "not UTF-8".into() })?)
+        } else {
+            config.get("chat_template").and_then(Value::as_str).map(str::to_owned)
+        };
+        let (bos, eos) = (token_string(config.get("bos_token")), token_string(config.get("eos_token")));
+        let mut eos_ids: Vec<u32> = match read_json(dir, "generation_config.json")?.as_ref().and_then(|g| g.get("eos_token_id")) {
+            Some(Value::Number(n)) => n.as_u64().into_iter().filter_map(|v| u32::try_from(v).ok()).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).filter_map(|v| u32::try_from(v).ok()).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(id) = eos.as_deref().and_then(|e| tokenizer.token_to_id(e)) {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        Ok(TextModel { tokenizer, template, bos, eos, eos_ids, dir: dir.into() })
+    }
+
+    /// Token ids of `text`, without added special tokens (as transformers
+    /// tokenizes a rendered chat template).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| self.err(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| self.err(e.to_string()))
+    }
+
+    /// Vocabulary size including added tokens.
+    #[must_use]
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Ids that end generation.
+    #[must_use]
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Whether the model has a chat template.
+    #[must_use]
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// Renders the chat template for `messages`, ending with the assistant's
+    /// turn when `add_generation_prompt`.
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self.template.as_deref().ok_or_else(|| self.err("the model has no chat template".into()))?;
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template).map_err(|e| self.err(format!("chat template: {e}")))?;
+        let msgs: Vec<minijinja::Value> = messages
+            .iter()
+            .map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() })
+            .collect();
+        let ctx = minijinja::context! {
+            messages => msgs,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos.clone().unwrap_or_default(),
+            eos_token => self.eos.clone().unwrap_or_default(),
+        };
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| self.err(format!("chat template: {e}")))
+    }
+
+    fn err(&self, message: String) -> ModelError {
+        ModelError::Text { path: self.dir.join("tokenizer.json"), message }
+    }
+}

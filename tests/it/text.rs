@@ -1,0 +1,74 @@
+//! Tokenizer, chat template and generation against transformers
+//! (`fixtures/models/llama-chat.chat.json`, made by `fixtures/generate.py`).
+
+use crate::common::{assert_code, assert_rejects, fixture, run, stdout};
+use pesc_arch::Model;
+use pesc_model::{ChatMessage, ComputeDType, Runner, Sampler, TextModel};
+use serde_json::Value;
+use std::path::Path;
+
+fn reference() -> Value {
+    serde_json::from_slice(&std::fs::read(fixture("").join("llama-chat.chat.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| u32::try_from(x.as_u64().unwrap()).unwrap()).collect()
+}
+
+#[test]
+fn tokenization_and_chat_template_match_transformers() {
+    let r = reference();
+    let text = TextModel::load(&fixture("llama-chat")).unwrap();
+    for e in r["encodings"].as_array().unwrap() {
+        let s = e["text"].as_str().unwrap();
+        assert_eq!(text.encode(s).unwrap(), ids(&e["ids"]), "{s:?}");
+    }
+    let messages: Vec<ChatMessage> = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| ChatMessage { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
+        .collect();
+    let prompt = text.apply_chat_template(&messages, true).unwrap();
+    assert_eq!(prompt, r["prompt"].as_str().unwrap());
+    assert_eq!(text.encode(&prompt).unwrap(), ids(&r["prompt_ids"]));
+    assert_eq!(text.eos_ids(), [2]);
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let r = reference();
+    let model = Model::open(&fixture("llama-chat")).unwrap();
+    let runner = Runner::load(&model, ComputeDType::F32, &candle_core::Device::Cpu).unwrap();
+    let text = TextModel::load(&fixture("llama-chat")).unwrap();
+    let mut seen = Vec::new();
+    let out = pesc_model::generate(&runner, &ids(&r["prompt_ids"]), 12, &mut Sampler::new(0.0, 1.0, 0), text.eos_ids(), &mut |t| {
+        seen.push(t);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(out, ids(&r["generated_ids"]));
+    assert_eq!(seen, out);
+}
+
+#[test]
+fn run_streams_the_answer() {
+    let r = reference();
+    let o = run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("What is 12 + 30?"), Path::new("--max-new-tokens"), Path::new("12")]);
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o), format!("{}\n", r["generated_text"].as_str().unwrap()));
+    // Seeded sampling repeats.
+    let sample = |seed: &str| {
+        let o = run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("hi"), Path::new("--temperature"), Path::new("1.0"), Path::new("--seed"), Path::new(seed), Path::new("--max-new-tokens"), Path::new("16")]);
+        assert_code(&o, 0);
+        stdout(&o)
+    };
+    assert_eq!(sample("5"), sample("5"));
+}
+
+#[test]
+fn run_rejects_bad_input() {
+    assert_rejects(&run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("  ")]), &["the prompt is empty"]);
+    assert_rejects(&run([Path::new("run"), &fixture("llama-gqa"), Path::new("--prompt"), Path::new("hi")]), &["tokenizer.json", "no tokenizer"]);
+    assert_rejects(&run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("hi"), Path::new("--top-p"), Path::new("0")]), &["--top-p"]);
+}
