@@ -362,6 +362,16 @@ def variant_logits(model, token_ids, variant):
             m.__class__ = Base
 
 
+@check(over=FIXTURES)
+def pesc_oracle_zero(fixture):
+    """The oracle itself: on the crafted (zero-adapter, sharded) folder it gives the dense reference logits within 1e-5."""
+    ref = reference(fixture)
+    got = oracle().pesc_logits(output("craft", fixture, *CRAFT), ref["token_ids"].tolist())
+    diff = (got - ref["logits"]).abs().max().item()
+    assert diff <= LOGITS_ATOL, f"max |oracle - reference| = {diff:.3g} > {LOGITS_ATOL}"
+    return f"max abs diff {diff:.2g}"
+
+
 @check(over=ORACLE_FIXTURES)
 def pesc_oracle_nonzero(fixture):
     """With random non-zero adapters, our runner's PESC logits equal the Python oracle's within 1e-4."""
