@@ -215,9 +215,13 @@ pub struct VerifyArgs {
     /// The model it must match.
     #[arg(long)]
     pub against: PathBuf,
-    /// Token-id sequences to run, e.g. `1,2,3` (repeat the flag for several); default: a built-in set.
-    #[arg(long, value_parser = parse_ids)]
+    /// Token-id sequences to run, e.g. `1,2,3` (repeat the flag for several).
+    #[arg(long, value_parser = parse_ids, conflicts_with = "prompts")]
     pub token_ids: Vec<TokenIds>,
+    /// A text file of prompts, one per line, tokenized with the reference's tokenizer.
+    /// Default: a built-in set of prompts (or of token sequences when there is no tokenizer).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

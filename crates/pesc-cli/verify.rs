@@ -4,7 +4,7 @@ use crate::cli::VerifyArgs;
 use crate::{output, CheckFailed};
 use anyhow::{bail, Result};
 use pesc_arch::Model;
-use pesc_model::Runner;
+use pesc_model::{Runner, TextModel};
 use serde_json::json;
 
 pub fn run(a: &VerifyArgs) -> Result<()> {
@@ -27,11 +27,7 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
             bail!("the candidate's `tokenizer.json` differs from the reference's; they cannot be compared");
         }
     }
-    let sequences = if a.token_ids.is_empty() {
-        pesc_verify::builtin_sequences(usize::try_from(rv).unwrap_or(0), 4, 24)
-    } else {
-        a.token_ids.iter().map(|t| t.0.clone()).collect()
-    };
+    let sequences = inputs(a, &refr)?;
     let exact = pesc_verify::has_zero_adapters(&cand)? && matches!(refr.config.moe, pesc_arch::Moe::Dense);
     let device = candle_core::Device::Cpu;
     let c = pesc_verify::compare(
@@ -93,4 +89,38 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Prompts covering general text, arithmetic and code, as the paper's domains.
+const BUILTIN_PROMPTS: [&str; 4] = [
+    "The capital of France is Paris, and the capital of Japan is",
+    "Question: what is 17 * 23? Answer: 17 * 23 =",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "Write a short poem about the sea.",
+];
+
+/// The sequences to compare: `--token-ids`, `--prompts`, or the built-in set.
+fn inputs(a: &VerifyArgs, reference: &Model) -> Result<Vec<Vec<u32>>> {
+    if !a.token_ids.is_empty() {
+        return Ok(a.token_ids.iter().map(|t| t.0.clone()).collect());
+    }
+    let has_tokenizer = reference.dir.join("tokenizer.json").is_file();
+    let prompts: Vec<String> = match &a.prompts {
+        Some(path) => {
+            let bytes = pesc_io::read_capped(path, 16 << 20)?;
+            let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("`{}` is not UTF-8 text", path.display()))?;
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if let Some(i) = lines.iter().position(|l| l.trim().is_empty()) {
+                bail!("`{}`: line {} is an empty prompt", path.display(), i + 1);
+            }
+            if lines.is_empty() {
+                bail!("`{}` holds no prompts", path.display());
+            }
+            lines
+        }
+        None if has_tokenizer => BUILTIN_PROMPTS.iter().map(|s| (*s).to_owned()).collect(),
+        None => return Ok(pesc_verify::builtin_sequences(usize::try_from(reference.config.vocab_size).unwrap_or(0), 4, 24)),
+    };
+    let text = TextModel::load(&reference.dir)?;
+    prompts.iter().map(|p| Ok(text.encode(p)?)).collect()
 }

@@ -72,3 +72,26 @@ fn run_rejects_bad_input() {
     assert_rejects(&run([Path::new("run"), &fixture("llama-gqa"), Path::new("--prompt"), Path::new("hi")]), &["tokenizer.json", "no tokenizer"]);
     assert_rejects(&run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("hi"), Path::new("--top-p"), Path::new("0")]), &["--top-p"]);
 }
+
+#[test]
+fn verify_uses_prompts_when_the_reference_has_a_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let crafted = tmp.path().join("pesc");
+    let o = run([Path::new("craft"), &fixture("llama-chat"), Path::new("-o"), &crafted, Path::new("--experts"), Path::new("4"), Path::new("--top-k"), Path::new("1"), Path::new("--adapter-dim"), Path::new("8")]);
+    assert_code(&o, 0);
+    let o = run([Path::new("verify"), &crafted, Path::new("--against"), &fixture("llama-chat"), Path::new("--json")]);
+    assert_code(&o, 0);
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((r["sequences"].as_u64(), r["exact"].as_bool()), (Some(4), Some(true)));
+    let text = TextModel::load(&fixture("llama-chat")).unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "What is 12 + 30?\nHello, world!\n").unwrap();
+    let o = run([Path::new("verify"), &crafted, Path::new("--against"), &fixture("llama-chat"), Path::new("--prompts"), &prompts, Path::new("--json")]);
+    assert_code(&o, 0);
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let want = text.encode("What is 12 + 30?").unwrap().len() + text.encode("Hello, world!").unwrap().len();
+    assert_eq!(r["tokens_compared"].as_u64(), Some(want as u64));
+    std::fs::write(&prompts, "hello\n\nworld\n").unwrap();
+    let o = run([Path::new("verify"), &crafted, Path::new("--against"), &fixture("llama-chat"), Path::new("--prompts"), &prompts]);
+    assert_rejects(&o, &["prompts.txt", "line 2 is an empty prompt"]);
+}
