@@ -95,3 +95,54 @@ fn verify_uses_prompts_when_the_reference_has_a_tokenizer() {
     let o = run([Path::new("verify"), &crafted, Path::new("--against"), &fixture("llama-chat"), Path::new("--prompts"), &prompts]);
     assert_rejects(&o, &["prompts.txt", "line 2 is an empty prompt"]);
 }
+
+#[test]
+fn a_tokenizer_rebuilt_from_gguf_metadata_tokenizes_alike() {
+    // Take the fixture's tokenizer apart as llama.cpp stores it (tokens by id,
+    // merges as strings, specials as control tokens) and rebuild it.
+    let tj: Value = serde_json::from_slice(&std::fs::read(fixture("llama-chat").join("tokenizer.json")).unwrap()).unwrap();
+    let vocab = tj["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (t, id) in vocab {
+        tokens[usize::try_from(id.as_u64().unwrap()).unwrap()] = t.clone();
+    }
+    let specials: Vec<u64> = tj["added_tokens"].as_array().unwrap().iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    let token_types = (0..tokens.len() as u64).map(|i| if specials.contains(&i) { 3 } else { 1 }).collect();
+    let merges = tj["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            Value::String(s) => s.clone(),
+            pair => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
+        })
+        .collect();
+    let v = pesc_craft::GgufVocab {
+        model: "gpt2".into(),
+        pre: Some("default".into()),
+        tokens,
+        token_types,
+        merges,
+        bos: Some(1),
+        eos: Some(2),
+        unk: Some(0),
+        pad: Some(2),
+        add_bos: false,
+        chat_template: Some(std::fs::read_to_string(fixture("llama-chat").join("chat_template.jinja")).unwrap()),
+        context_length: Some(256),
+    };
+    let (tokenizer, config) = pesc_craft::hf_tokenizer(&v).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(tmp.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    let rebuilt = TextModel::load(tmp.path()).unwrap();
+    let r = reference();
+    for e in r["encodings"].as_array().unwrap() {
+        let s = e["text"].as_str().unwrap();
+        assert_eq!(rebuilt.encode(s).unwrap(), ids(&e["ids"]), "{s:?}");
+        assert_eq!(rebuilt.decode(&ids(&e["ids"])).unwrap(), TextModel::load(&fixture("llama-chat")).unwrap().decode(&ids(&e["ids"])).unwrap());
+    }
+    let prompt = rebuilt.apply_chat_template(&[ChatMessage { role: "user".into(), content: "What is 12 + 30?".into() }], true).unwrap();
+    assert_eq!(prompt, r["prompt"].as_str().unwrap());
+    assert_eq!(rebuilt.eos_ids(), [2]);
+}

@@ -9,12 +9,14 @@
 mod card;
 mod craft;
 mod folder;
+mod gguf_tokenizer;
 mod init;
 mod reshard;
 mod upcycle;
 
 pub use card::{craft_card, craft_counts, thousands, upcycle_card, upcycle_counts};
 pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
+pub use gguf_tokenizer::{hf_tokenizer, GgufVocab};
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;
 pub use reshard::reshard;

@@ -107,7 +107,9 @@ pub enum GgufError {
         cap: u64,
     },
     /// A string or array length that runs past the end of the file.
-    #[error("`{path}`: {what} has length {len} ({bytes} bytes at least), but only {remaining} bytes are left in the file at byte {offset}")]
+    #[error(
+        "`{path}`: {what} has length {len} ({bytes} bytes at least), but only {remaining} bytes are left in the file at byte {offset}"
+    )]
     LengthBeyondFile {
         /// The file.
         path: PathBuf,

@@ -404,11 +404,8 @@ fn parse(path: &Path, file: &File, file_len: u64) -> Result<Header> {
         let nbytes = check_shape(ty, &ne).map_err(tensor_err)?;
         // ggml: each offset must equal the running padded size, in info order.
         if offset != running {
-            let problem = if offset < running {
-                "overlaps the previous tensor or is out of order"
-            } else {
-                "leaves a gap after the previous tensor"
-            };
+            let problem =
+                if offset < running { "overlaps the previous tensor or is out of order" } else { "leaves a gap after the previous tensor" };
             return Err(tensor_err(TensorError::Offset { offset, expected: running, problem }));
         }
         running = pad(nbytes, align)
@@ -580,10 +577,7 @@ fn fixed_array(cur: &mut Cursor<'_>, key: &str, elem: ValueType, count: usize) -
         ValueType::Bool => {
             let raw = collect(cur, key, count, |[b]: [u8; 1]| b)?;
             if let Some(&byte) = raw.iter().find(|&&b| b > 1) {
-                return Err(GgufError::Metadata {
-                    path: cur.path.to_owned(),
-                    source: MetadataError::Bool { key: key.to_owned(), byte },
-                });
+                return Err(GgufError::Metadata { path: cur.path.to_owned(), source: MetadataError::Bool { key: key.to_owned(), byte } });
             }
             Array::Bool(raw.into_iter().map(|b| b == 1).collect())
         }

@@ -228,12 +228,8 @@ pub fn write_gguf<W: Write>(out: W, metadata: &Metadata, tensors: &[(TensorSpec,
 /// The reader's string and array caps, applied before writing so the writer
 /// never produces a file the reader refuses.
 fn check_value_len(key: &str, value: &Value) -> Result<(), MetadataError> {
-    let too_long = |what: &str, len: usize, cap: u64| MetadataError::ValueTooLong {
-        key: key.to_owned(),
-        what: what.to_owned(),
-        len: len as u64,
-        cap,
-    };
+    let too_long =
+        |what: &str, len: usize, cap: u64| MetadataError::ValueTooLong { key: key.to_owned(), what: what.to_owned(), len: len as u64, cap };
     match value {
         Value::String(s) if s.len() as u64 > MAX_STRING_LEN => Err(too_long("string", s.len(), MAX_STRING_LEN)),
         Value::Array(a) if a.len() as u64 > MAX_ARRAY_LEN => Err(too_long("array", a.len(), MAX_ARRAY_LEN)),

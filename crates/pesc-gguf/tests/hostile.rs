@@ -64,7 +64,10 @@ fn g2_counts_of_2_pow_63() {
     assert_rejects(&b, "tensor count is 9223372036854775808, but the 76 bytes left in the file hold at most 2 entries");
     let mut b = header(0, 1 << 63);
     b.resize(100, 0);
-    assert_rejects(&b, "metadata entry count is 9223372036854775808, but the 76 bytes left in the file hold at most 5 entries of at least 13 bytes");
+    assert_rejects(
+        &b,
+        "metadata entry count is 9223372036854775808, but the 76 bytes left in the file hold at most 5 entries of at least 13 bytes",
+    );
     let mut b = header(u64::MAX, u64::MAX);
     b.resize(100, 0);
     assert_rejects(&b, "metadata entry count is 18446744073709551615");
@@ -247,7 +250,10 @@ fn g5_negative_dimension_is_refused() {
 
 #[test]
 fn g5_element_count_overflow() {
-    assert_rejects(&one_tensor(&[1 << 32, 1 << 32, 1, 1], F32), "shape [4294967296, 4294967296, 1, 1] has more than 9223372036854775807 elements");
+    assert_rejects(
+        &one_tensor(&[1 << 32, 1 << 32, 1, 1], F32),
+        "shape [4294967296, 4294967296, 1, 1] has more than 9223372036854775807 elements",
+    );
     assert_rejects(&one_tensor(&[I64_MAX, 2, 1, 1], F32), "shape [9223372036854775807, 2, 1, 1] has more than");
     // A count that wraps u64 to a small number is caught too: 2^32 * 2^32 * 4 == 0 mod 2^64.
     assert_rejects(&one_tensor(&[1 << 32, 1 << 32, 4], I8), "has more than");
@@ -277,7 +283,10 @@ fn g6_row_not_whole_blocks() {
 #[test]
 fn g7_quantized_byte_size_overflow() {
     // 31 * 2^58 elements fit in an i64, but 31 * 2^53 blocks of 34 bytes do not.
-    assert_rejects(&one_tensor(&[1 << 58, 31], Q8_0), "Q8_0 tensor of shape [288230376151711744, 31] needs more than 9223372036854775807 bytes");
+    assert_rejects(
+        &one_tensor(&[1 << 58, 31], Q8_0),
+        "Q8_0 tensor of shape [288230376151711744, 31] needs more than 9223372036854775807 bytes",
+    );
     // 2^62 F64 elements are 2^65 bytes, which wraps u64.
     assert_rejects(&one_tensor(&[1 << 62], F64), "F64 tensor of shape [4611686018427387904] needs more than");
 }

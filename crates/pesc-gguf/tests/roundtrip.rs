@@ -4,11 +4,10 @@
 mod common;
 
 use common::*;
-use pesc_gguf::{
-    write_gguf, Array, GgmlType, GgufError, GgufFile, GgufWriter, Metadata, StringArray, TensorError, TensorSpec, Value,
-};
+use pesc_gguf::{write_gguf, Array, GgmlType, GgufError, GgufFile, GgufWriter, Metadata, StringArray, TensorError, TensorSpec, Value};
 use std::io::Write;
 
+#[allow(clippy::cast_possible_truncation)] // the pattern wraps on purpose
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(131).wrapping_add(seed.wrapping_mul(17)).wrapping_add(7)).collect()
 }
@@ -64,7 +63,7 @@ fn sample_tensors() -> Vec<(TensorSpec, Vec<u8>)> {
         .enumerate()
         .map(|(k, s)| {
             let n = usize::try_from(s.nbytes().unwrap()).unwrap();
-            (s, pattern(n, k as u8))
+            (s, pattern(n, u8::try_from(k).unwrap()))
         })
         .collect()
 }

@@ -71,7 +71,7 @@ pub fn kv_array(key: &str, elem_ty: u32, count: u64, elems: &[u8]) -> Vec<u8> {
 
 /// A tensor info: name, n_dims = `ne.len()`, dims, type, offset.
 pub fn tensor_info(name: &[u8], ne: &[u64], ty: u32, offset: u64) -> Vec<u8> {
-    tensor_info_ndims(name, ne.len() as u32, ne, ty, offset)
+    tensor_info_ndims(name, u32::try_from(ne.len()).unwrap(), ne, ty, offset)
 }
 
 /// A tensor info whose `n_dims` field need not match `ne.len()`.
