@@ -4,7 +4,7 @@ use crate::error::{GgufError, MetadataError, Result, TensorError};
 use crate::metadata::{Metadata, MAX_KEY_LEN};
 use crate::tensor::{check_name_len, check_rank, check_shape, check_type, pad, TensorInfo, MAX_DIMS};
 use crate::value::{Array, StringArray, Value, ValueType};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -395,7 +395,7 @@ fn parse(path: &Path, file: &File, file_len: u64) -> Result<Header> {
     // Re-check against what is left now that the metadata is read.
     check_count(&cur, "tensor count", n_tensors, MIN_TENSOR_INFO_SIZE)?;
     let mut tensors: Vec<TensorInfo> = Vec::new();
-    let mut names: HashMap<String, ()> = HashMap::new();
+    let mut names: HashSet<String> = HashSet::new();
     let mut running = 0u64;
     for i in 0..n_tensors {
         let t = read_tensor_info(&mut cur, i, &names)?;
@@ -411,7 +411,7 @@ fn parse(path: &Path, file: &File, file_len: u64) -> Result<Header> {
         running = pad(nbytes, align)
             .and_then(|p| running.checked_add(p))
             .ok_or_else(|| tensor_err(TensorError::DataOverflow { offset, nbytes }))?;
-        names.insert(name.clone(), ());
+        names.insert(name.clone());
         tensors.push(TensorInfo { name, ty, ne, offset, data_offset: 0, nbytes });
     }
 
@@ -587,7 +587,7 @@ fn fixed_array(cur: &mut Cursor<'_>, key: &str, elem: ValueType, count: usize) -
 
 type RawTensorInfo = (String, pesc_quant::GgmlType, Vec<u64>, u64);
 
-fn read_tensor_info(cur: &mut Cursor<'_>, i: u64, seen: &HashMap<String, ()>) -> Result<RawTensorInfo> {
+fn read_tensor_info(cur: &mut Cursor<'_>, i: u64, seen: &HashSet<String>) -> Result<RawTensorInfo> {
     let placeholder = format!("#{i}");
     let tensor_err = |tensor: &str, source| GgufError::Tensor { path: cur.path.to_owned(), tensor: tensor.to_owned(), source };
     let what = || format!("the name of tensor info {i}");
@@ -598,7 +598,7 @@ fn read_tensor_info(cur: &mut Cursor<'_>, i: u64, seen: &HashMap<String, ()>) ->
     // Checked before reading, so an overlong name is never allocated.
     check_name_len(len).map_err(|e| tensor_err(&placeholder, e))?;
     let name = cur.string_body(len, MAX_KEY_LEN, &what)?;
-    if seen.contains_key(&name) {
+    if seen.contains(&name) {
         return Err(tensor_err(&name, TensorError::Duplicate));
     }
     let n_dims = cur.u32(&|| format!("n_dims of tensor `{name}`"))?;

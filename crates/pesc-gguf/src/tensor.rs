@@ -162,3 +162,45 @@ pub(crate) fn pad(n: u64, align: u64) -> Option<u64> {
     debug_assert!(align.is_power_of_two());
     Some(n.checked_add(align - 1)? & !(align - 1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_is_checked_near_u64_max() {
+        assert_eq!(pad(0, 32), Some(0));
+        assert_eq!(pad(1, 32), Some(32));
+        assert_eq!(pad(32, 32), Some(32));
+        assert_eq!(pad(u64::MAX - 31, 32), Some(u64::MAX - 31));
+        // GGML_PAD wraps to 0 here (llama.cpp #24759); this returns None.
+        assert_eq!(pad(u64::MAX - 30, 32), None);
+        assert_eq!(pad(u64::MAX, 1), Some(u64::MAX));
+    }
+
+    #[test]
+    fn shape_rules_both_sides_of_each_bound() {
+        assert_eq!(check_shape(GgmlType::F32, &[1]), Ok(4));
+        assert_eq!(check_shape(GgmlType::I8, &[MAX_I64]), Ok(MAX_I64));
+        assert!(matches!(check_shape(GgmlType::I8, &[MAX_I64 + 1]), Err(TensorError::DimTooLarge { dim: 0, .. })));
+        assert_eq!(check_shape(GgmlType::I8, &[MAX_I64 / 2, 2]), Ok(MAX_I64 - 1));
+        assert!(matches!(check_shape(GgmlType::I8, &[MAX_I64 / 2 + 1, 2]), Err(TensorError::ElementOverflow { .. })));
+        assert!(matches!(check_shape(GgmlType::I16, &[MAX_I64 / 2 + 1]), Err(TensorError::ByteOverflow { .. })));
+        assert_eq!(check_shape(GgmlType::I16, &[MAX_I64 / 2]), Ok(MAX_I64 - 1));
+        assert_eq!(check_shape(GgmlType::Q4_K, &[512, 3]), Ok(2 * 144 * 3));
+        assert!(matches!(check_shape(GgmlType::Q4_K, &[576]), Err(TensorError::BlockSize { ne0: 576, block: 256, .. })));
+        assert!(matches!(check_rank(0), Err(TensorError::Rank { n_dims: 0 })));
+        assert!(check_rank(4).is_ok());
+        assert!(matches!(check_rank(5), Err(TensorError::Rank { n_dims: 5 })));
+        assert!(check_name_len(63).is_ok());
+        assert!(matches!(check_name_len(64), Err(TensorError::NameTooLong { len: 64, max: 63 })));
+    }
+
+    #[test]
+    fn unknown_types_are_named() {
+        assert_eq!(check_type(0), Ok(GgmlType::F32));
+        assert!(check_type(43).unwrap_err().to_string().contains("not a ggml type id"));
+        assert!(check_type(5).unwrap_err().to_string().contains("removed"));
+        assert!(check_type(29).unwrap_err().to_string().contains("IQ1_M"));
+    }
+}
