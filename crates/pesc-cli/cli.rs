@@ -18,7 +18,7 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show a model folder's or a .safetensors file's architecture, sizes and dtypes.
+    /// Show a model folder's, a .safetensors or a .gguf file's architecture, sizes and dtypes.
     Inspect(InspectArgs),
     /// Turn a dense model into a PESC mixture of experts: shared FFN, router, zero-initialised adapters.
     Craft(CraftArgs),
@@ -30,6 +30,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Answer a prompt: applies the chat template, streams the reply to stdout.
     Run(RunArgs),
+    /// Convert a llama.cpp GGUF file into a Hugging Face folder (dequantized, with tokenizer files).
+    ImportGguf(ImportGgufArgs),
     /// Rewrite a model folder with new shards and/or dtype, adding SHA256SUMS and a manifest.
     Reshard(ReshardArgs),
     /// Recompute every hash in DIR/pesc-manifest.json (and SHA256SUMS); exit 1 on the first mismatch.
@@ -38,7 +40,7 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A Hugging Face model folder or a `.safetensors` file.
+    /// A Hugging Face model folder, a `.safetensors` or a `.gguf` file.
     pub path: PathBuf,
     /// Print JSON on stdout instead of a table.
     #[arg(long)]
@@ -272,4 +274,36 @@ pub struct RunArgs {
     /// Compute precision.
     #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
     pub dtype: ComputeArg,
+}
+
+/// Stored dtype of imported tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FloatArg {
+    /// 32-bit float: holds every dequantized value exactly.
+    F32,
+    /// bfloat16 (rounded to nearest even).
+    Bf16,
+    /// IEEE half (rounded to nearest even).
+    F16,
+}
+
+impl FloatArg {
+    pub fn dtype(self) -> pesc_tensor::DType {
+        match self {
+            FloatArg::F32 => pesc_tensor::DType::F32,
+            FloatArg::Bf16 => pesc_tensor::DType::BF16,
+            FloatArg::F16 => pesc_tensor::DType::F16,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportGgufArgs {
+    /// A GGUF file (architecture `llama`).
+    pub gguf: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Stored dtype of the tensors.
+    #[arg(long, value_enum, default_value_t = FloatArg::F32)]
+    pub dtype: FloatArg,
 }

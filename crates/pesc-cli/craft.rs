@@ -1,13 +1,11 @@
 //! `pesc-convert craft` and `pesc-convert upcycle`.
 
 use crate::cli::{CraftArgs, UpcycleArgs};
-use crate::{output, progress};
+use crate::{output, publish};
 use anyhow::Result;
 use pesc_arch::Model;
-use pesc_craft::{CraftParams, Publish, UpcycleParams};
-use pesc_io::OutputDir;
+use pesc_craft::{CraftParams, UpcycleParams};
 use serde_json::json;
-use std::collections::BTreeMap;
 
 /// A path as the model card quotes it: its last component, so that the card
 /// (and the folder's bytes) do not depend on where the folders live.
@@ -53,7 +51,7 @@ pub fn run_craft(a: &CraftArgs) -> Result<()> {
     );
     let card = pesc_craft::craft_card(&model, &p, &command);
     let (total, active) = pesc_craft::craft_counts(&model, &p);
-    write(&model, a.out.output.as_path(), a.out.force, "craft", parameters, &card, &mut |m, out, bar| {
+    publish::write(&model, &a.out, "craft", parameters, Some(&card), &mut |m, out, bar| {
         pesc_craft::craft(m, out, &p, a.out.shard_size, bar)
     })?;
     output::note(&format!(
@@ -88,7 +86,7 @@ pub fn run_upcycle(a: &UpcycleArgs) -> Result<()> {
     );
     let card = pesc_craft::upcycle_card(&model, &p, &command);
     let (total, active) = pesc_craft::upcycle_counts(&model, &p);
-    write(&model, a.out.output.as_path(), a.out.force, "upcycle", parameters, &card, &mut |m, out, bar| {
+    publish::write(&model, &a.out, "upcycle", parameters, Some(&card), &mut |m, out, bar| {
         pesc_craft::upcycle(m, out, &p, a.out.shard_size, bar)
     })?;
     output::note(&format!(
@@ -99,36 +97,5 @@ pub fn run_upcycle(a: &UpcycleArgs) -> Result<()> {
         pesc_craft::thousands(total),
         pesc_craft::thousands(active)
     ));
-    Ok(())
-}
-
-type Transform<'a> = dyn FnMut(&Model, &mut OutputDir, &mut dyn FnMut(u64, u64)) -> Result<(), pesc_craft::CraftError> + 'a;
-
-/// Stages OUT, runs the transformation with a progress bar, adds the model
-/// card, and publishes with the manifest.
-fn write(
-    model: &Model,
-    target: &std::path::Path,
-    force: bool,
-    command: &str,
-    parameters: serde_json::Value,
-    card: &str,
-    transform: &mut Transform<'_>,
-) -> Result<()> {
-    for w in model.weights.warnings() {
-        output::warn(w);
-    }
-    let mut out = OutputDir::create(target, force, &[&model.dir])?;
-    let inputs = BTreeMap::from([("model".to_owned(), pesc_craft::input_digests(model)?)]);
-    let bar = progress::bytes(command, 0);
-    transform(model, &mut out, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })?;
-    bar.finish_and_clear();
-    out.write_file("README.md", card.as_bytes())?;
-    let publish = Publish { command: command.into(), parameters, tool_version: env!("CARGO_PKG_VERSION").into() };
-    let target = publish.finish(out, &model.dir, &[], inputs)?;
-    output::note(&format!("wrote `{}`", target.display()));
     Ok(())
 }

@@ -8,6 +8,9 @@ use pesc_io::Checkpoint;
 use serde_json::{json, Value};
 
 pub fn run(args: &InspectArgs) -> Result<()> {
+    if is_gguf(&args.path) {
+        return gguf(args);
+    }
     let (format, summary, warnings) = if args.path.is_dir() {
         let model = Model::open(&args.path)?;
         let format = if model.weights.is_sharded() { "safetensors-sharded" } else { "safetensors-folder" };
@@ -102,4 +105,105 @@ fn table(format: &str, s: &Summary) -> String {
     let dtypes: Vec<String> = s.dtypes.iter().map(|(d, n)| format!("{d} {}", thousands(*n))).collect();
     rows.push(("dtypes", dtypes.join(", ")));
     rows.iter().map(|(k, v)| format!("{k:<18}{v}\n")).collect()
+}
+
+/// A file is read as GGUF when it is named `.gguf` or starts with the magic.
+fn is_gguf(path: &std::path::Path) -> bool {
+    if path.is_dir() {
+        return false;
+    }
+    let named = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let mut magic = [0u8; 4];
+    let starts = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && magic == *b"GGUF";
+    named || starts
+}
+
+/// A metadata value for display: scalars as they are, long arrays summarised.
+fn gguf_value(v: &pesc_gguf::Value) -> Value {
+    use pesc_gguf::{Array, Value as G};
+    match v {
+        G::U8(x) => json!(x),
+        G::I8(x) => json!(x),
+        G::U16(x) => json!(x),
+        G::I16(x) => json!(x),
+        G::U32(x) => json!(x),
+        G::I32(x) => json!(x),
+        G::U64(x) => json!(x),
+        G::I64(x) => json!(x),
+        G::F32(x) => json!(x),
+        G::F64(x) => json!(x),
+        G::Bool(x) => json!(x),
+        G::String(s) => json!(s),
+        G::Array(a) if a.len() <= 16 => match a {
+            Array::String(s) => json!(s.iter().collect::<Vec<_>>()),
+            other => json!(format!("[{} x {}]", other.len(), other.element_type())),
+        },
+        G::Array(a) => json!(format!("[{} x {}]", a.len(), a.element_type())),
+    }
+}
+
+fn gguf(args: &InspectArgs) -> Result<()> {
+    let f = pesc_gguf::GgufFile::open(&args.path)?;
+    let md = f.metadata();
+    let arch = md.opt_str("general.architecture").ok().flatten().map(str::to_owned);
+    let key = |k: &str| arch.as_ref().and_then(|a| md.get(&format!("{a}.{k}"))).map(gguf_value);
+    let parameters: u64 = f.tensors().iter().map(pesc_gguf::TensorInfo::n_elements).sum();
+    let bytes: u64 = f.tensors().iter().map(|t| t.nbytes).sum();
+    let mut types: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for t in f.tensors() {
+        *types.entry(t.ty.to_string()).or_insert(0) += t.n_elements();
+    }
+    let tensors: Vec<Value> = f
+        .tensors()
+        .iter()
+        .map(|t| json!({"name": t.name, "type": t.ty.to_string(), "shape": t.shape(), "bytes": t.nbytes}))
+        .collect();
+    let metadata: serde_json::Map<String, Value> = md.iter().map(|(k, v)| (k.to_owned(), gguf_value(v))).collect();
+    let report = json!({
+        "format": "gguf",
+        "version": f.version(),
+        "architecture": arch,
+        "num_layers": key("block_count"),
+        "hidden_size": key("embedding_length"),
+        "num_attention_heads": key("attention.head_count"),
+        "num_key_value_heads": key("attention.head_count_kv"),
+        "intermediate_size": key("feed_forward_length"),
+        "vocab_size": key("vocab_size"),
+        "num_experts": key("expert_count"),
+        "top_k": key("expert_used_count"),
+        "parameters": parameters,
+        "tensors": f.tensors().len(),
+        "bytes": bytes,
+        "dtypes": types,
+        "metadata": metadata,
+        "tensor_list": tensors,
+    });
+    if args.json {
+        return output::data(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+    }
+    let mut t = format!(
+        "format            GGUF v{} ({} bytes, alignment {})\narchitecture      {}\nparameters        {}\ntensors           {}\nbytes             {} ({})\ndtypes            {}\n\nmetadata\n",
+        f.version(),
+        thousands(f.file_len()),
+        f.alignment(),
+        arch.as_deref().unwrap_or("unknown"),
+        thousands(parameters),
+        f.tensors().len(),
+        thousands(bytes),
+        human_bytes(bytes),
+        types.iter().map(|(d, n)| format!("{d} {}", thousands(*n))).collect::<Vec<_>>().join(", ")
+    );
+    for (k, v) in md.iter() {
+        let shown = match gguf_value(v) {
+            Value::String(s) if s.len() > 80 => format!("{:?}... ({} chars)", s.chars().take(60).collect::<String>(), s.chars().count()),
+            Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        t.push_str(&format!("  {k:<44} {shown}\n"));
+    }
+    t.push_str("\ntensors\n");
+    for ti in f.tensors() {
+        t.push_str(&format!("  {:<36} {:<6} {:<18} {}\n", ti.name, ti.ty.to_string(), format!("{:?}", ti.shape()), thousands(ti.nbytes)));
+    }
+    output::data(&t)
 }

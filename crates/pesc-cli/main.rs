@@ -4,10 +4,12 @@
 
 mod cli;
 mod craft;
+mod import;
 mod inspect;
 mod logits;
 mod output;
 mod progress;
+mod publish;
 mod reshard;
 mod run;
 mod verify;
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         cli::Command::Logits(a) => logits::run(&a),
         cli::Command::Verify(a) => verify::run(&a),
         cli::Command::Run(a) => run::run(&a),
+        cli::Command::ImportGguf(a) => import::run(&a),
         cli::Command::Reshard(a) => reshard::run(&a),
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
     };

@@ -82,16 +82,15 @@ pub struct Publish {
 }
 
 impl Publish {
-    /// Copies the auxiliary files of `src` (except those in `skip`), then writes
-    /// the manifest and checksums and moves the folder into place.
+    /// Copies the auxiliary files of the model folder `aux_from` (if given),
+    /// then writes the manifest and checksums and moves the folder into place.
     pub fn finish(
         &self,
         mut out: OutputDir,
-        src: &Path,
-        skip: &[&str],
+        aux_from: Option<&Path>,
         inputs: BTreeMap<String, BTreeMap<String, FileDigest>>,
     ) -> Result<std::path::PathBuf, CraftError> {
-        for name in AUX_FILES.iter().filter(|n| !skip.contains(n)) {
+        for (src, name) in aux_from.iter().flat_map(|src| AUX_FILES.iter().map(move |n| (*src, *n))) {
             let path = src.join(name);
             if path.is_file() {
                 pesc_io::confined(src, &path)?;

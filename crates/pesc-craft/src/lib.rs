@@ -5,11 +5,13 @@
 //! - [`reshard`]: the same model, re-sharded and optionally re-typed.
 //! - [`craft`]: dense -> PESC (shared FFN, zero-initialised adapters, router).
 //! - [`upcycle`]: dense -> Mixtral (full FFN copies, router).
+//! - [`import_gguf`]: a llama.cpp GGUF file -> Hugging Face folder.
 
 mod card;
 mod craft;
 mod folder;
 mod gguf_tokenizer;
+mod import;
 mod init;
 mod reshard;
 mod upcycle;
@@ -17,6 +19,7 @@ mod upcycle;
 pub use card::{craft_card, craft_counts, thousands, upcycle_card, upcycle_counts};
 pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
 pub use gguf_tokenizer::{hf_tokenizer, GgufVocab};
+pub use import::{check_importable, import_gguf};
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;
 pub use reshard::reshard;
@@ -32,6 +35,9 @@ pub enum CraftError {
     /// From the model's config or tensors.
     #[error(transparent)]
     Arch(#[from] pesc_arch::ArchError),
+    /// From reading a GGUF file.
+    #[error(transparent)]
+    Gguf(#[from] pesc_gguf::GgufError),
     /// A request that cannot be carried out on this input.
     #[error("{0}")]
     Invalid(String),
