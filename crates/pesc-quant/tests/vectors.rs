@@ -187,21 +187,30 @@ fn large_input_matches_reference_digests() {
 #[test]
 fn round_trip_error_is_bounded() {
     let x = read_f32("input.f32");
-    // the realistic row (N(0, 0.02)) and the heavy-tailed, scaled row
-    for row in [0, 3] {
+    // Legacy types and floats: per block, half a step (a whole step where the
+    // top code is capped), measured against the block's largest magnitude.
+    // K-quants: per super-block, since a sub-block far smaller than its
+    // neighbours legitimately loses everything to the 6-bit scales. Row 1
+    // (hand-made edge blocks) holds blocks below f16's normal range, so only
+    // the k-quant check runs on it.
+    let cases = [
+        (GgmlType::Q8_0, 32, 0.5 / 127.0),
+        (GgmlType::Q4_0, 32, 1.0 / 8.0),
+        (GgmlType::Q4_1, 32, 1.0 / 15.0),
+        (GgmlType::Q5_0, 32, 1.0 / 16.0),
+        (GgmlType::Q5_1, 32, 1.0 / 31.0),
+        (GgmlType::F16, 1, 1.0 / 2048.0),
+        (GgmlType::BF16, 1, 1.0 / 256.0),
+        (GgmlType::Q4_K, 256, 1.0 / 10.0),
+        (GgmlType::Q5_K, 256, 1.0 / 20.0),
+        (GgmlType::Q6_K, 256, 1.0 / 40.0),
+    ];
+    for row in 0..4 {
         let x = &x[512 * row..512 * (row + 1)];
-        for (t, block, max_err_per_absmax) in [
-            (GgmlType::Q8_0, 32, 0.5 / 127.0),
-            (GgmlType::Q4_0, 32, 1.0 / 8.0),
-            (GgmlType::Q4_1, 32, 1.0 / 15.0),
-            (GgmlType::Q5_0, 32, 1.0 / 16.0),
-            (GgmlType::Q5_1, 32, 1.0 / 31.0),
-            (GgmlType::Q4_K, 32, 1.0 / 7.0),
-            (GgmlType::Q5_K, 32, 1.0 / 15.0),
-            (GgmlType::Q6_K, 16, 1.0 / 31.0),
-            (GgmlType::F16, 1, 1.0 / 2048.0),
-            (GgmlType::BF16, 1, 1.0 / 256.0),
-        ] {
+        for (t, block, max_err_per_absmax) in cases {
+            if row == 1 && block <= 32 {
+                continue;
+            }
             let back = dequantize(t, &quantize(t, x).unwrap(), x.len()).unwrap();
             for (xb, yb) in x.chunks(block).zip(back.chunks(block)) {
                 let absmax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
