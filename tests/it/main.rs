@@ -3,6 +3,7 @@
 mod common;
 mod hostile;
 mod craft;
+mod gguf;
 mod io;
 mod runner;
 mod text;

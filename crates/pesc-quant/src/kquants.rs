@@ -29,7 +29,7 @@
 //! values wrap as they do in C; all sums run in f32 in ggml's order.
 
 use crate::float::{f16_bits_to_f32, f32_to_f16_bits, read_f16, write_f16};
-use crate::legacy::{low_i8, low_u8};
+use crate::legacy::low_u8;
 
 const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -334,13 +334,14 @@ pub(crate) fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
         for (s, &scale) in sc.iter_mut().zip(&scales) {
             *s = low_u8(nearest_int(iscale * scale).min(127));
         }
-        for j in 0..16 {
-            let d = d_all * f32::from(i8::from_le_bytes([sc[j]]));
+        for ((&s, xs), ls) in sc.iter().zip(x.chunks_exact(16)).zip(l.chunks_exact_mut(16)) {
+            let d = d_all * f32::from(i8::from_le_bytes([s]));
             if d == 0.0 {
+                // ggml keeps the levels from the search for such a sub-block
                 continue;
             }
-            for i in 16 * j..16 * j + 16 {
-                l[i] = low_u8(nearest_int(x[i] / d).clamp(-32, 31) + 32);
+            for (o, &v) in ls.iter_mut().zip(xs) {
+                *o = low_u8(nearest_int(v / d).clamp(-32, 31) + 32);
             }
         }
         for h in 0..2 {
@@ -499,8 +500,8 @@ mod tests {
         for (v, r) in [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3), (-7.51, -8), (-0.0, 0)] {
             assert_eq!(nearest_int(v), r, "{v}");
         }
-        for v in [-4_194_303.0f32, -1234.567, 0.1, 98765.4] {
-            assert_eq!(nearest_int(v), v.round_ties_even() as i32);
+        for (v, r) in [(-4_194_303.0f32, -4_194_303), (-1234.567, -1235), (0.1, 0), (98765.5, 98766), (98766.5, 98766)] {
+            assert_eq!(nearest_int(v), r, "{v}");
         }
     }
 

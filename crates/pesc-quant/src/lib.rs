@@ -258,9 +258,7 @@ impl GgmlType {
         if n64 % block_size != 0 {
             return Err(QuantError::PartialBlock { ty: self, len: n, block_size });
         }
-        self.row_bytes(n64)
-            .and_then(|b| usize::try_from(b).ok())
-            .ok_or(QuantError::TooLarge { ty: self, len: n })
+        self.row_bytes(n64).and_then(|b| usize::try_from(b).ok()).ok_or(QuantError::TooLarge { ty: self, len: n })
     }
 }
 
