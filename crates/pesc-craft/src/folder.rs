@@ -139,10 +139,15 @@ pub(crate) fn emit_tensor(model: &Model, name: &str, to: DType, w: &mut dyn std:
         model.weights.copy_to(name, w)?;
         return Ok(());
     }
-    let bytes = model.weights.read(name)?;
-    let converted = pesc_tensor::convert(info.dtype, to, &bytes)
-        .ok_or_else(|| CraftError::Invalid(format!("tensor `{name}`: cannot convert {} to {to}", info.dtype)))?;
-    w.write_all(&converted).map_err(|e| pesc_io::Error::Io { path: "<output>".into(), source: e })?;
+    let from = info.dtype;
+    if !from.is_compute_float() || !to.is_compute_float() {
+        return Err(CraftError::Invalid(format!("tensor `{name}`: cannot convert {from} to {to}")));
+    }
+    // Converted piece by piece so memory stays bounded by the chunk, not the tensor.
+    model.weights.for_each_chunk(name, 4 << 20, &mut |piece| {
+        let converted = pesc_tensor::convert(from, to, piece).unwrap_or_default();
+        w.write_all(&converted).map_err(|e| pesc_io::Error::Io { path: "<output>".into(), source: e })
+    })?;
     Ok(())
 }
 

@@ -230,6 +230,13 @@ impl Checkpoint {
         let (f, t) = self.locate(name)?;
         f.copy_to(t, out)
     }
+
+    /// Calls `f` on consecutive whole-element pieces of a tensor's bytes of at
+    /// most `chunk` bytes each.
+    pub fn for_each_chunk(&self, name: &str, chunk: u64, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let (file, t) = self.locate(name)?;
+        file.for_each_chunk(t, chunk, f)
+    }
 }
 
 struct IndexMap {

@@ -153,20 +153,30 @@ impl SafetensorsFile {
 
     /// Streams a tensor's bytes into `out` in chunks of at most 8 MiB.
     pub fn copy_to(&self, t: &TensorInfo, out: &mut dyn Write) -> Result<()> {
-        const CHUNK: u64 = 8 << 20;
-        let mut buf = vec![0u8; usize::try_from(t.nbytes.min(CHUNK)).unwrap_or(0)];
+        self.for_each_chunk(t, 8 << 20, &mut |chunk| {
+            out.write_all(chunk).map_err(|e| crate::output::write_error(Path::new("<output>"), e))
+        })
+    }
+
+    /// Calls `f` on consecutive pieces of a tensor's bytes, each at most
+    /// `chunk` bytes (rounded down to whole elements), so that memory stays
+    /// bounded whatever the tensor's size.
+    pub fn for_each_chunk(&self, t: &TensorInfo, chunk: u64, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let elem = t.dtype.size();
+        let chunk = (chunk / elem).max(1) * elem;
+        let mut buf = vec![0u8; usize::try_from(t.nbytes.min(chunk)).unwrap_or(0)];
         let mut done = 0u64;
         while done < t.nbytes {
-            let n = (t.nbytes - done).min(CHUNK);
-            let chunk = &mut buf[..usize::try_from(n).unwrap_or(0)];
-            self.file.read_exact_at(chunk, t.offset + done).map_err(|e| {
+            let n = (t.nbytes - done).min(chunk);
+            let piece = &mut buf[..usize::try_from(n).unwrap_or(0)];
+            self.file.read_exact_at(piece, t.offset + done).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     Error::UnexpectedEof { path: self.path.clone(), tensor: t.name.clone() }
                 } else {
                     Error::io(&self.path, e)
                 }
             })?;
-            out.write_all(chunk).map_err(|e| crate::output::write_error(Path::new("<output>"), e))?;
+            f(piece)?;
             done += n;
         }
         Ok(())
