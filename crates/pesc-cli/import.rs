@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 pub fn run(a: &ImportGgufArgs) -> Result<()> {
     crate::stop_cleanly_on_interrupt();
     let file = GgufFile::open(&a.gguf)?;
-    pesc_craft::check_importable(&file)?;
+    let import = pesc_craft::Import::prepare(&file, a.dtype.dtype())?;
     let mut out = OutputDir::create(&a.out.output, a.out.force, &[&a.gguf])?;
     let name = a.gguf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let inputs = BTreeMap::from([("gguf".to_owned(), BTreeMap::from([(name, pesc_io::hash_file(&a.gguf)?)]))]);
     let bar = progress::bytes("importing", 0);
-    pesc_craft::import_gguf(&file, &mut out, a.dtype.dtype(), a.out.shard_size, &mut |done, total| {
+    import.write(&mut out, a.dtype.dtype(), a.out.shard_size, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })?;

@@ -163,111 +163,157 @@ fn vocab(file: &GgufFile, context: Option<u64>) -> Result<Option<GgufVocab>, Cra
     }))
 }
 
-/// Checks that `file` can be imported and returns its architecture.
-pub fn check_importable(file: &GgufFile) -> Result<String, CraftError> {
-    let arch = file.get_str("general.architecture").map_err(CraftError::Gguf)?.to_owned();
-    if !SUPPORTED.contains(&arch.as_str()) {
-        return Err(CraftError::Invalid(format!(
-            "`{}`: GGUF architecture `{arch}` is not supported for import (supported: {})",
-            file.path().display(),
-            SUPPORTED.join(", ")
-        )));
-    }
-    if file.metadata().opt_u32(&format!("{arch}.expert_count")).map_err(|e| meta_err(file, e))?.unwrap_or(0) > 0 {
-        return Err(CraftError::Invalid(format!("`{}`: importing mixture-of-experts GGUF files is not supported yet", file.path().display())));
-    }
-    for t in file.tensors() {
-        if hf_name(&t.name).is_none() {
-            return Err(CraftError::Invalid(format!("`{}`: tensor `{}` is not part of a dense `{arch}` model", file.path().display(), t.name)));
-        }
-    }
-    Ok(arch)
+/// A GGUF file checked for import: everything that can be wrong with it has
+/// been found before any output exists.
+pub struct Import<'a> {
+    file: &'a GgufFile,
+    hp: Hparams,
+    config: serde_json::Map<String, Value>,
+    generation: Value,
+    tokenizer: Option<(Value, Value)>,
+    sources: BTreeMap<String, &'a pesc_gguf::TensorInfo>,
 }
 
-/// Writes the imported folder into `out`: config, generation config,
-/// tokenizer files and weights stored as `dtype`.
-pub fn import_gguf(file: &GgufFile, out: &mut OutputDir, dtype: DType, shard_size: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<(), CraftError> {
-    let arch = check_importable(file)?;
-    let embed = file.tensor("token_embd.weight").ok_or_else(|| CraftError::Invalid(format!("`{}`: tensor `token_embd.weight` is missing", file.path().display())))?;
-    let embed_rows = embed.ne.get(1).copied().unwrap_or(0);
-    let tokens = if file.metadata().contains("tokenizer.ggml.tokens") {
-        Some(file.metadata().get_str_array("tokenizer.ggml.tokens").map_err(|e| meta_err(file, e))?.len() as u64)
-    } else {
-        None
-    };
-    let hp = hparams(file, &arch, tokens, embed_rows)?;
-    let vocab = vocab(file, hp.context)?;
-    let tied = file.tensor("output.weight").is_none();
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hp.hidden,
-        "intermediate_size": hp.ffn,
-        "num_hidden_layers": hp.layers,
-        "num_attention_heads": hp.heads,
-        "num_key_value_heads": hp.kv_heads,
-        "head_dim": hp.head_dim,
-        "vocab_size": hp.vocab,
-        "max_position_embeddings": hp.context.unwrap_or(2048),
-        "rms_norm_eps": hp.eps,
-        "rope_theta": hp.theta,
-        "rope_scaling": hp.rope_scaling,
-        "tie_word_embeddings": tied,
-        "hidden_act": "silu",
-        "attention_bias": false,
-        "mlp_bias": false,
-        "bos_token_id": vocab.as_ref().and_then(|v| v.bos),
-        "eos_token_id": vocab.as_ref().and_then(|v| v.eos),
-        "pad_token_id": vocab.as_ref().and_then(|v| v.pad),
-        "torch_dtype": crate::StoreDType::torch_name(dtype),
-    });
-    let Value::Object(config) = config else { unreachable!("a JSON object literal") };
-    write_config(out, &config)?;
-    let mut generation = serde_json::Map::new();
-    for (key, id) in [("bos_token_id", vocab.as_ref().and_then(|v| v.bos)), ("eos_token_id", vocab.as_ref().and_then(|v| v.eos)), ("pad_token_id", vocab.as_ref().and_then(|v| v.pad))] {
-        if let Some(id) = id {
-            generation.insert(key.into(), json!(id));
+impl<'a> Import<'a> {
+    /// Checks the architecture, metadata, tokenizer and every tensor's name
+    /// and shape against the config the metadata implies.
+    pub fn prepare(file: &'a GgufFile, dtype: DType) -> Result<Self, CraftError> {
+        let path = file.path().display().to_string();
+        let arch = file.get_str("general.architecture").map_err(CraftError::Gguf)?.to_owned();
+        if !SUPPORTED.contains(&arch.as_str()) {
+            return Err(CraftError::Invalid(format!(
+                "`{path}`: GGUF architecture `{arch}` is not supported for import (supported: {})",
+                SUPPORTED.join(", ")
+            )));
         }
+        if file.metadata().opt_u32(&format!("{arch}.expert_count")).map_err(|e| meta_err(file, e))?.unwrap_or(0) > 0 {
+            return Err(CraftError::Invalid(format!("`{path}`: importing mixture-of-experts GGUF files is not supported yet")));
+        }
+        let mut sources = BTreeMap::new();
+        for t in file.tensors() {
+            let name = hf_name(&t.name)
+                .ok_or_else(|| CraftError::Invalid(format!("`{path}`: tensor `{}` is not part of a dense `{arch}` model", t.name)))?;
+            sources.insert(name, t);
+        }
+        let embed = file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| CraftError::Invalid(format!("`{path}`: tensor `token_embd.weight` is missing")))?;
+        let embed_rows = embed.ne.get(1).copied().unwrap_or(0);
+        let tokens = if file.metadata().contains("tokenizer.ggml.tokens") {
+            Some(file.metadata().get_str_array("tokenizer.ggml.tokens").map_err(|e| meta_err(file, e))?.len() as u64)
+        } else {
+            None
+        };
+        let hp = hparams(file, &arch, tokens, embed_rows)?;
+        let vocab = vocab(file, hp.context)?;
+        let tokenizer = match &vocab {
+            Some(v) => Some(hf_tokenizer(v).map_err(|e| CraftError::Invalid(format!("`{path}`: {e}")))?),
+            None => None,
+        };
+        let id = |f: fn(&GgufVocab) -> Option<u32>| vocab.as_ref().and_then(f);
+        let config = json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": hp.hidden,
+            "intermediate_size": hp.ffn,
+            "num_hidden_layers": hp.layers,
+            "num_attention_heads": hp.heads,
+            "num_key_value_heads": hp.kv_heads,
+            "head_dim": hp.head_dim,
+            "vocab_size": hp.vocab,
+            "max_position_embeddings": hp.context.unwrap_or(2048),
+            "rms_norm_eps": hp.eps,
+            "rope_theta": hp.theta,
+            "rope_scaling": hp.rope_scaling,
+            "tie_word_embeddings": file.tensor("output.weight").is_none(),
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "bos_token_id": id(|v| v.bos),
+            "eos_token_id": id(|v| v.eos),
+            "pad_token_id": id(|v| v.pad),
+            "torch_dtype": crate::StoreDType::torch_name(dtype),
+        });
+        let Value::Object(config) = config else { unreachable!("a JSON object literal") };
+        // The tensors must be exactly those the config implies, with its shapes.
+        let bytes = serde_json::to_vec(&config).unwrap_or_default();
+        let parsed = pesc_arch::ModelConfig::parse(std::path::Path::new("config.json"), &bytes)
+            .map_err(|e| CraftError::Invalid(format!("`{path}`: the metadata describes an invalid model: {e}")))?;
+        let expected: BTreeMap<String, Vec<u64>> = parsed.expected_tensors()?.into_iter().collect();
+        for (name, t) in &sources {
+            let shape: Vec<u64> = t.ne.iter().rev().copied().collect();
+            match expected.get(name) {
+                Some(want) if *want == shape => {}
+                Some(want) => {
+                    return Err(CraftError::Invalid(format!(
+                        "`{path}`: tensor `{}` has shape {} but the `{arch}.*` metadata ({}) implies {}",
+                        t.name,
+                        pesc_tensor::shape_str(&shape),
+                        parsed.sizes(),
+                        pesc_tensor::shape_str(want)
+                    )))
+                }
+                None => {
+                    return Err(CraftError::Invalid(format!(
+                        "`{path}`: tensor `{}` does not belong to a model with {} layers (`{arch}.block_count`)",
+                        t.name, hp.layers
+                    )))
+                }
+            }
+        }
+        if let Some(missing) = expected.keys().find(|n| !sources.contains_key(*n)) {
+            return Err(CraftError::Invalid(format!(
+                "`{path}`: the `{arch}.*` metadata implies tensor `{missing}`, which the file lacks"
+            )));
+        }
+        let mut generation = serde_json::Map::new();
+        for (key, v) in [("bos_token_id", id(|v| v.bos)), ("eos_token_id", id(|v| v.eos)), ("pad_token_id", id(|v| v.pad))] {
+            if let Some(v) = v {
+                generation.insert(key.into(), json!(v));
+            }
+        }
+        Ok(Import { file, hp, config, generation: Value::Object(generation), tokenizer, sources })
     }
-    out.write_file("generation_config.json", &pretty(&Value::Object(generation)))?;
-    if let Some(v) = &vocab {
-        let (tokenizer, tokenizer_config) = hf_tokenizer(v)?;
-        out.write_file("tokenizer.json", &pretty(&tokenizer))?;
-        out.write_file("tokenizer_config.json", &pretty(&tokenizer_config))?;
+
+    /// Writes the folder into `out`: config, generation config, tokenizer
+    /// files and the weights stored as `dtype`.
+    pub fn write(&self, out: &mut OutputDir, dtype: DType, shard_size: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<(), CraftError> {
+        write_config(out, &self.config)?;
+        out.write_file("generation_config.json", &pretty(&self.generation))?;
+        if let Some((tokenizer, tokenizer_config)) = &self.tokenizer {
+            out.write_file("tokenizer.json", &pretty(tokenizer))?;
+            out.write_file("tokenizer_config.json", &pretty(tokenizer_config))?;
+        }
+        let specs: Vec<TensorSpec> = self
+            .sources
+            .iter()
+            .map(|(name, t)| TensorSpec { name: name.clone(), dtype, shape: t.ne.iter().rev().copied().collect() })
+            .collect();
+        let (q_heads, kv_heads) = (usize::try_from(self.hp.heads).unwrap_or(1), usize::try_from(self.hp.kv_heads).unwrap_or(1));
+        let file = self.file;
+        write_weights::<CraftError>(
+            out,
+            specs,
+            shard_size,
+            &mut |spec, w| {
+                let t = self.sources[&spec.name];
+                let n = usize::try_from(t.n_elements()).unwrap_or(0);
+                let values = pesc_quant::dequantize(t.ty, &file.read(t).map_err(CraftError::Gguf)?, n)
+                    .map_err(|e| CraftError::Invalid(format!("`{}`: tensor `{}`: {e}", file.path().display(), t.name)))?;
+                let rows = usize::try_from(spec.shape[0]).unwrap_or(0);
+                let cols = n / rows.max(1);
+                let values = if spec.name.ends_with("q_proj.weight") {
+                    unpermute(&values, rows, cols, q_heads)
+                } else if spec.name.ends_with("k_proj.weight") {
+                    unpermute(&values, rows, cols, kv_heads)
+                } else {
+                    values
+                };
+                emit_values(spec.dtype, &values, w)
+            },
+            progress,
+        )
     }
-    let mut sources = BTreeMap::new();
-    let specs: Vec<TensorSpec> = file
-        .tensors()
-        .iter()
-        .filter_map(|t| {
-            let name = hf_name(&t.name)?;
-            sources.insert(name.clone(), t);
-            Some(TensorSpec { name, dtype, shape: t.ne.iter().rev().copied().collect() })
-        })
-        .collect();
-    let (q_heads, kv_heads) = (usize::try_from(hp.heads).unwrap_or(1), usize::try_from(hp.kv_heads).unwrap_or(1));
-    write_weights::<CraftError>(
-        out,
-        specs,
-        shard_size,
-        &mut |spec, w| {
-            let t = sources[&spec.name];
-            let n = usize::try_from(t.n_elements()).unwrap_or(0);
-            let values = pesc_quant::dequantize(t.ty, &file.read(t).map_err(CraftError::Gguf)?, n)
-                .map_err(|e| CraftError::Invalid(format!("`{}`: tensor `{}`: {e}", file.path().display(), t.name)))?;
-            let rows = usize::try_from(spec.shape[0]).unwrap_or(0);
-            let cols = n / rows.max(1);
-            let values = if spec.name.ends_with("q_proj.weight") {
-                unpermute(&values, rows, cols, q_heads)
-            } else if spec.name.ends_with("k_proj.weight") {
-                unpermute(&values, rows, cols, kv_heads)
-            } else {
-                values
-            };
-            emit_values(spec.dtype, &values, w)
-        },
-        progress,
-    )
 }
 
 fn pretty(v: &Value) -> Vec<u8> {

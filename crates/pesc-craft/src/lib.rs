@@ -5,7 +5,7 @@
 //! - [`reshard`]: the same model, re-sharded and optionally re-typed.
 //! - [`craft`]: dense -> PESC (shared FFN, zero-initialised adapters, router).
 //! - [`upcycle`]: dense -> Mixtral (full FFN copies, router).
-//! - [`import_gguf`]: a llama.cpp GGUF file -> Hugging Face folder.
+//! - [`Import`]: a llama.cpp GGUF file -> Hugging Face folder.
 
 mod card;
 mod craft;
@@ -19,7 +19,7 @@ mod upcycle;
 pub use card::{craft_card, craft_counts, thousands, upcycle_card, upcycle_counts};
 pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
 pub use gguf_tokenizer::{hf_tokenizer, GgufVocab};
-pub use import::{check_importable, import_gguf};
+pub use import::Import;
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;
 pub use reshard::reshard;
