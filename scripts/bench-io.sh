@@ -3,6 +3,10 @@
 #
 #   scripts/bench-io.sh [SIZE_GB]        # default 1 (a 1.08 GB bf16 Llama)
 #
+# Figures, machine and a reading of them: docs/benchmarks.md. Needs bash,
+# python3, GNU time (/usr/bin/time), coreutils and about 5x SIZE_GB free.
+# Takes about 3.5 minutes for 1 GB on 2 cores (4.5 with SETTLE=3 REPS=3).
+#
 # Builds the release binary, writes a synthetic Llama checkpoint of at least
 # SIZE_GB decimal gigabytes (hidden 2048, intermediate 5632, vocab 32000,
 # bf16; layers added until the size is reached) into a temporary folder, and
@@ -90,14 +94,22 @@ FIXED=$(( 2 * VOCAB * HIDDEN * 2 + HIDDEN * 2 ))
 PER_LAYER=$(( (4 * HIDDEN * HIDDEN + 3 * HIDDEN * INTER + 2 * HIDDEN) * 2 ))
 LAYERS=$(awk -v s="$SIZE_GB" -v f=$FIXED -v l=$PER_LAYER 'BEGIN { n = (s * 1e9 - f) / l; k = int(n); if (k < n) k++; if (k < 1) k = 1; print k }')
 
+# Input, the verify-manifest reference and the largest output (f32: twice the
+# input) live at once; ask for 5x the size to be safe.
+NEED_KB=$(awk -v s="$SIZE_GB" 'BEGIN { printf "%d", s * 5e9 / 1024 }')
+FREE_KB=$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')
+if (( FREE_KB < NEED_KB )); then
+    echo "not enough space in $WORK: ${FREE_KB} KiB free, about ${NEED_KB} KiB needed (BENCH_TMP picks another place)" >&2
+    exit 1
+fi
+
 echo "writing synthetic checkpoint: hidden $HIDDEN, intermediate $INTER, $LAYERS layers, vocab $VOCAB, bf16 ..." >&2
 SUMMARY=$(python3 "$ROOT/scripts/make-synthetic.py" "$WORK/in" --hidden $HIDDEN --intermediate $INTER \
     --layers "$LAYERS" --vocab $VOCAB --dtype bf16)
 BYTES=$(du -sb "$WORK/in" | cut -f1)
 LARGEST=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["largest_tensor_bytes"])' "$SUMMARY")
 if (( BYTES < 1000000000 )); then
-    echo "checkpoint is only $BYTES bytes; the benchmark needs at least 1 GB" >&2
-    exit 1
+    echo "warning: the checkpoint is only $BYTES bytes; the issue's aims are stated for at least 1 GB" >&2
 fi
 sync
 
@@ -132,7 +144,6 @@ CMDS=(
     '"$BIN" reshard "$IN" -o "$OUT" --dtype f32'
 )
 declare -a SECS RSS CPU   # per case: "s1 s2 ...", "kib1 ...", "user+sys s ..."
-
 
 IN=$WORK/in
 export IN BIN WORK

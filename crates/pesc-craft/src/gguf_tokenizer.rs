@@ -98,6 +98,14 @@ pub fn hf_tokenizer(v: &GgufVocab) -> Result<(Value, Value), CraftError> {
             json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": *ty == 3})
         })
         .collect();
+    for (key, id) in [("bos_token_id", v.bos), ("eos_token_id", v.eos), ("unknown_token_id", v.unk), ("padding_token_id", v.pad)] {
+        if let Some(id) = id.filter(|&i| i as usize >= v.tokens.len()) {
+            return Err(CraftError::Invalid(format!(
+                "tokenizer.ggml.{key} {id} is outside the vocabulary of {} tokens",
+                v.tokens.len()
+            )));
+        }
+    }
     let name = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize)).cloned();
     let post = match (v.add_bos, name(v.bos)) {
         (true, Some(bos)) => json!({
@@ -128,7 +136,7 @@ pub fn hf_tokenizer(v: &GgufVocab) -> Result<(Value, Value), CraftError> {
         "add_prefix_space": false,
         "clean_up_tokenization_spaces": false,
         "model_max_length": v.context_length.unwrap_or(2048),
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast",
     });
     for (key, id) in [("bos_token", v.bos), ("eos_token", v.eos), ("unk_token", v.unk), ("pad_token", v.pad)] {
         if let Some(t) = name(id) {

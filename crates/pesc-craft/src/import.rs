@@ -187,7 +187,9 @@ impl<'a> Import<'a> {
             )));
         }
         if file.metadata().opt_u32(&format!("{arch}.expert_count")).map_err(|e| meta_err(file, e))?.unwrap_or(0) > 0 {
-            return Err(CraftError::Invalid(format!("`{path}`: importing mixture-of-experts GGUF files is not supported yet")));
+            return Err(CraftError::Invalid(format!(
+                "`{path}`: `{arch}.expert_count` is set: importing mixture-of-experts GGUF files is not supported yet"
+            )));
         }
         let mut sources = BTreeMap::new();
         for t in file.tensors() {
@@ -222,8 +224,8 @@ impl<'a> Import<'a> {
             "head_dim": hp.head_dim,
             "vocab_size": hp.vocab,
             "max_position_embeddings": hp.context.unwrap_or(2048),
-            "rms_norm_eps": hp.eps,
-            "rope_theta": hp.theta,
+            "rms_norm_eps": shortest(hp.eps),
+            "rope_theta": shortest(hp.theta),
             "rope_scaling": hp.rope_scaling,
             "tie_word_embeddings": file.tensor("output.weight").is_none(),
             "hidden_act": "silu",
@@ -314,6 +316,12 @@ impl<'a> Import<'a> {
             progress,
         )
     }
+}
+
+/// An f32 metadata value as the shortest decimal that reads back as it
+/// (1e-5, not 9.999999747378752e-6).
+fn shortest(x: f32) -> Value {
+    x.to_string().parse::<f64>().map_or(Value::Null, |v| json!(v))
 }
 
 fn pretty(v: &Value) -> Vec<u8> {
