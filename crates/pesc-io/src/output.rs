@@ -81,12 +81,60 @@ pub struct RunRecord {
     pub inputs: BTreeMap<String, BTreeMap<String, FileDigest>>,
 }
 
+/// SHA-256 computed on a second thread, fed in pieces of at most
+/// [`HashPipe::PIECE`] bytes with at most [`HashPipe::DEPTH`] in flight, so
+/// hashing overlaps writing while memory stays bounded.
+struct HashPipe {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<String>>,
+}
+
+impl HashPipe {
+    const PIECE: usize = 1 << 20;
+    const DEPTH: usize = 16;
+
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::DEPTH);
+        let worker = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            for piece in rx {
+                h.update(&piece);
+            }
+            hex(&h.finalize())
+        });
+        HashPipe { tx: Some(tx), worker: Some(worker) }
+    }
+
+    fn update(&self, data: &[u8]) {
+        if let Some(tx) = &self.tx {
+            for piece in data.chunks(Self::PIECE) {
+                // The worker only stops when the sender is dropped.
+                let _ = tx.send(piece.to_vec());
+            }
+        }
+    }
+
+    fn finish(mut self) -> String {
+        drop(self.tx.take());
+        self.worker.take().and_then(|w| w.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for HashPipe {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
 /// A file being written into an [`OutputDir`], hashed as it goes.
 pub struct OutputFile<'a> {
     dir: &'a mut OutputDir,
     name: String,
     writer: BufWriter<File>,
-    hasher: Sha256,
+    hasher: HashPipe,
     bytes: u64,
 }
 
@@ -119,7 +167,7 @@ impl OutputFile<'_> {
         check_interrupt()?;
         let file = self.writer.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
         file.sync_all().at(&path)?;
-        let digest = FileDigest { bytes: self.bytes, sha256: hex(&self.hasher.finalize()) };
+        let digest = FileDigest { bytes: self.bytes, sha256: self.hasher.finish() };
         self.dir.files.insert(self.name, digest.clone());
         Ok(digest)
     }
@@ -206,7 +254,7 @@ impl OutputDir {
             dir: self,
             name: name.to_owned(),
             writer: BufWriter::with_capacity(1 << 20, file),
-            hasher: Sha256::new(),
+            hasher: HashPipe::new(),
             bytes: 0,
         })
     }
