@@ -9,8 +9,10 @@
 
 mod card;
 mod craft;
+mod export;
 mod folder;
 mod gguf_tokenizer;
+mod gguf_vocab;
 mod import;
 mod init;
 mod reshard;
@@ -18,7 +20,12 @@ mod upcycle;
 
 pub use card::{craft_card, craft_counts, thousands, upcycle_card, upcycle_counts};
 pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
+pub use export::{
+    check_exportable, export_gguf, export_metadata, permute_rows, plan_tensors, shape_fallback, ExportOptions, ExportSummary, GgufType, PlannedTensor,
+    QUANTIZATION_VERSION,
+};
 pub use gguf_tokenizer::{hf_tokenizer, GgufVocab};
+pub use gguf_vocab::{gguf_vocab, VocabKind};
 pub use import::Import;
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;

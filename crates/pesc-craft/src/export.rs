@@ -1,0 +1,704 @@
+//! `quantize --to f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k|q4_k_m`: a dense
+//! Llama-family folder (`llama`, `mistral`) to one llama.cpp GGUF file
+//! (architecture `llama`), the reverse of [`crate::import_gguf`].
+//!
+//! The result is what llama.cpp's own pipeline gives:
+//! `convert_hf_to_gguf.py --outtype f32` followed, for the quantized types,
+//! by `llama-quantize` without an importance matrix (the copies vendored in
+//! llama-cpp-python 0.3.36, llama.cpp `0c1e57098`):
+//!
+//! - **Metadata** in the converter's order and types: `general.architecture`,
+//!   `general.type`, `general.name` (the folder's name), the `llama.*`
+//!   hyperparameters, `general.file_type`, `llama.vocab_size`,
+//!   `llama.rope.dimension_count`, `general.quantization_version` (the
+//!   converter writes it for every file type), then `tokenizer.*` (see
+//!   [`crate::gguf_vocab`]). `llama.attention.key_length` and `value_length`
+//!   are written when `config.json` sets `head_dim`, as the converter does.
+//! - **Tensors** under llama.cpp's names, in the order `llama-quantize`
+//!   writes them (its loader's `weight_name_comparer`: the tensors outside
+//!   the blocks by name, then block by block, by name within a block). q and
+//!   k rows are permuted for llama.cpp's adjacent-pair rotary layout
+//!   ([`permute_rows`]) before anything is rounded. A tied `lm_head` is not
+//!   written (llama.cpp falls back to `token_embd`).
+//! - **Types** ([`tensor_type`]): 1-D tensors and norms are F32 always. For
+//!   f32/f16/bf16 every other tensor is that type; the rest follow
+//!   `llama-quantize`'s per-tensor rules and its shape fallback.
+//!
+//! The file is written once, streaming one tensor at a time, into a
+//! temporary file beside the target that is fsynced and renamed into place:
+//! a failed or interrupted run leaves nothing at the target. The bytes depend
+//! only on the input and the options (quantization splits a tensor at row
+//! boundaries across threads; each row's encoding is independent).
+
+use crate::gguf_vocab::{gguf_vocab, VocabKind};
+use crate::CraftError;
+use pesc_arch::{Family, Model, ModelConfig, Moe, RopeScaling};
+use pesc_gguf::{GgmlType, GgufWriter, Metadata, TensorSpec, Value};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// `GGML_QNT_VERSION`.
+pub const QUANTIZATION_VERSION: u32 = 2;
+
+/// A GGUF file type `quantize --to` can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[allow(non_camel_case_types)]
+pub enum GgufType {
+    /// Every weight F32 (`ALL_F32`).
+    F32,
+    /// Weights F16 (`MOSTLY_F16`).
+    F16,
+    /// Weights BF16 (`MOSTLY_BF16`).
+    BF16,
+    /// Weights Q8_0 (`MOSTLY_Q8_0`).
+    Q8_0,
+    /// Weights Q4_0, output Q6_K (`MOSTLY_Q4_0`).
+    Q4_0,
+    /// Weights Q4_1, output Q6_K (`MOSTLY_Q4_1`).
+    Q4_1,
+    /// llama-quantize's Q4_K_S recipe (`MOSTLY_Q4_K_S`).
+    Q4_K,
+    /// Weights Q6_K (`MOSTLY_Q6_K`).
+    Q6_K,
+    /// llama-quantize's Q4_K_M recipe (`MOSTLY_Q4_K_M`).
+    Q4_K_M,
+}
+
+impl GgufType {
+    /// Every type, in the order `--help` lists them.
+    pub const ALL: [GgufType; 9] =
+        [GgufType::F32, GgufType::F16, GgufType::BF16, GgufType::Q8_0, GgufType::Q4_0, GgufType::Q4_1, GgufType::Q4_K, GgufType::Q6_K, GgufType::Q4_K_M];
+
+    /// The `--to` spelling.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufType::F32 => "f32",
+            GgufType::F16 => "f16",
+            GgufType::BF16 => "bf16",
+            GgufType::Q8_0 => "q8_0",
+            GgufType::Q4_0 => "q4_0",
+            GgufType::Q4_1 => "q4_1",
+            GgufType::Q4_K => "q4_k",
+            GgufType::Q6_K => "q6_k",
+            GgufType::Q4_K_M => "q4_k_m",
+        }
+    }
+
+    /// The type named `s` (`--to` spelling).
+    #[must_use]
+    pub fn parse(s: &str) -> Option<GgufType> {
+        GgufType::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// `general.file_type` (`llama_ftype` / gguf-py `LlamaFileType`).
+    #[must_use]
+    pub fn file_type(self) -> u32 {
+        match self {
+            GgufType::F32 => 0,
+            GgufType::F16 => 1,
+            GgufType::Q4_0 => 2,
+            GgufType::Q4_1 => 3,
+            GgufType::Q8_0 => 7,
+            GgufType::Q4_K => 14,
+            GgufType::Q4_K_M => 15,
+            GgufType::Q6_K => 18,
+            GgufType::BF16 => 32,
+        }
+    }
+
+    /// llama.cpp's name of the file type (`MOSTLY_Q4_K_M` ...).
+    #[must_use]
+    pub fn ftype_name(self) -> &'static str {
+        match self {
+            GgufType::F32 => "ALL_F32",
+            GgufType::F16 => "MOSTLY_F16",
+            GgufType::BF16 => "MOSTLY_BF16",
+            GgufType::Q8_0 => "MOSTLY_Q8_0",
+            GgufType::Q4_0 => "MOSTLY_Q4_0",
+            GgufType::Q4_1 => "MOSTLY_Q4_1",
+            GgufType::Q4_K => "MOSTLY_Q4_K_S",
+            GgufType::Q6_K => "MOSTLY_Q6_K",
+            GgufType::Q4_K_M => "MOSTLY_Q4_K_M",
+        }
+    }
+
+    /// The tensor type of the file type (`llama_ftype_get_default_type`).
+    #[must_use]
+    pub fn default_type(self) -> GgmlType {
+        match self {
+            GgufType::F32 => GgmlType::F32,
+            GgufType::F16 => GgmlType::F16,
+            GgufType::BF16 => GgmlType::BF16,
+            GgufType::Q8_0 => GgmlType::Q8_0,
+            GgufType::Q4_0 => GgmlType::Q4_0,
+            GgufType::Q4_1 => GgmlType::Q4_1,
+            GgufType::Q4_K | GgufType::Q4_K_M => GgmlType::Q4_K,
+            GgufType::Q6_K => GgmlType::Q6_K,
+        }
+    }
+
+    /// Whether the default type is a block quantization (the mix rules and
+    /// shape fallback apply only then, as in `llama_tensor_get_type`).
+    #[must_use]
+    pub fn is_quantized(self) -> bool {
+        self.default_type().block_size() > 1
+    }
+}
+
+/// Options of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// The file type.
+    pub to: GgufType,
+    /// `llama-quantize --pure`: every quantizable tensor gets the default
+    /// type (only the shape fallback still applies), no per-tensor recipe.
+    pub pure: bool,
+}
+
+/// The role of a tensor in `llama-quantize`'s rules (`tensor_get_category`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Category {
+    TokenEmbd,
+    Output,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOutput,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+    Norm,
+}
+
+/// One tensor of the export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTensor {
+    /// Its GGUF name.
+    pub name: String,
+    /// The Hugging Face tensor it comes from.
+    pub source: String,
+    /// Its ggml type.
+    pub ty: GgmlType,
+    /// Dimensions in ggml order (`ne[0]` is the row length).
+    pub ne: Vec<u64>,
+    /// For q and k: the head count its rows are permuted with.
+    pub permute_heads: Option<u64>,
+    /// The type the rules chose when the shape forced another (`ty`).
+    pub fallback_from: Option<GgmlType>,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// The tensors, in file order.
+    pub tensors: Vec<PlannedTensor>,
+    /// The vocabulary written.
+    pub vocab: VocabKind,
+    /// Things the user should know (ignored config settings).
+    pub warnings: Vec<String>,
+}
+
+impl ExportSummary {
+    /// `(type name, count)` in ggml id order.
+    #[must_use]
+    pub fn type_counts(&self) -> Vec<(GgmlType, usize)> {
+        let mut m: BTreeMap<u32, (GgmlType, usize)> = BTreeMap::new();
+        for t in &self.tensors {
+            m.entry(t.ty.id()).or_insert((t.ty, 0)).1 += 1;
+        }
+        m.into_values().collect()
+    }
+}
+
+fn invalid(model: &Path, what: impl std::fmt::Display) -> CraftError {
+    CraftError::Invalid(format!("`{}`: {what}", model.display()))
+}
+
+/// Checks that `config` is a model this export handles; returns warnings
+/// about settings llama.cpp's `llama` architecture ignores.
+pub fn check_exportable(config: &ModelConfig) -> Result<Vec<String>, CraftError> {
+    let dir = config.path.parent().unwrap_or(Path::new("."));
+    let f = config.family.model_type();
+    match &config.moe {
+        Moe::Pesc(_) => {
+            return Err(invalid(
+                dir,
+                format!("is a PESC {f} model; GGUF export supports dense llama and mistral models only (no llama.cpp architecture computes PESC layers)"),
+            ))
+        }
+        Moe::Mixtral { .. } => {
+            return Err(invalid(dir, "is a Mixtral model; GGUF export supports dense llama and mistral models only (Mixtral export is not implemented yet)"))
+        }
+        Moe::Dense => {}
+    }
+    if config.family == Family::Qwen2 {
+        return Err(invalid(dir, "is a qwen2 model; GGUF export supports llama and mistral models only (qwen2, llama.cpp architecture `qwen2`, is not implemented yet)"));
+    }
+    if config.qkv_bias || config.o_bias || config.mlp_bias {
+        return Err(invalid(dir, "has attention or MLP biases (`attention_bias`/`mlp_bias`), which GGUF export does not support yet"));
+    }
+    match &config.rope_scaling {
+        RopeScaling::None | RopeScaling::Linear { .. } => {}
+        RopeScaling::Llama3 { .. } => return Err(invalid(dir, "uses llama3 rope scaling, which GGUF export does not support yet (llama.cpp needs a `rope_freqs.weight` tensor)")),
+        RopeScaling::Other { rope_type } => return Err(invalid(dir, format!("uses rope scaling `{rope_type}`, which GGUF export does not support"))),
+    }
+    if config.head_dim % 2 != 0 {
+        return Err(invalid(dir, format!("head_dim {} is odd; llama.cpp's rotary layout needs an even head size", config.head_dim)));
+    }
+    let mut warnings = Vec::new();
+    if let Some(w) = config.sliding_window {
+        warnings.push(format!(
+            "config.json sets sliding_window {w}; llama.cpp's `llama` architecture attends to the whole context (as its converter, which drops the setting)"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// GGUF name -> Hugging Face name, category and permutation heads, for one layer tensor.
+const LAYER_TENSORS: [(&str, &str, Category); 9] = [
+    ("attn_norm.weight", "input_layernorm.weight", Category::Norm),
+    ("ffn_norm.weight", "post_attention_layernorm.weight", Category::Norm),
+    ("attn_q.weight", "self_attn.q_proj.weight", Category::AttnQ),
+    ("attn_k.weight", "self_attn.k_proj.weight", Category::AttnK),
+    ("attn_v.weight", "self_attn.v_proj.weight", Category::AttnV),
+    ("attn_output.weight", "self_attn.o_proj.weight", Category::AttnOutput),
+    ("ffn_gate.weight", "mlp.gate_proj.weight", Category::FfnGate),
+    ("ffn_up.weight", "mlp.up_proj.weight", Category::FfnUp),
+    ("ffn_down.weight", "mlp.down_proj.weight", Category::FfnDown),
+];
+
+/// llama-quantize's `use_more_bits`: the first and last eighth of the layers
+/// and every third layer in between.
+fn use_more_bits(layer: u64, n_layers: u64) -> bool {
+    let (i, n) = (i128::from(layer), i128::from(n_layers));
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// The shape fallback (`tensor_type_fallback`): when the row length `ne0` is
+/// not whole blocks of `ty`, Q4_K becomes Q5_0, Q5_K Q5_1 and Q6_K Q8_0 (the
+/// 32-element types keep their type), and F16 when even that does not fit.
+#[must_use]
+pub fn shape_fallback(ty: GgmlType, ne0: u64) -> GgmlType {
+    if ne0 % ty.block_size() == 0 {
+        return ty;
+    }
+    let next = match ty {
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        other => other,
+    };
+    if ne0 % next.block_size() == 0 {
+        next
+    } else {
+        GgmlType::F16
+    }
+}
+
+/// The model facts the type rules read.
+struct Shape {
+    n_layers: u64,
+    tied: bool,
+    /// llama.cpp's `LLM_TYPE_70B` for arch `llama`: 80 layers and grouped-query attention.
+    is_70b: bool,
+}
+
+/// The type of one tensor, as `llama_tensor_get_type` chooses it for a dense
+/// `llama` model without an importance matrix, and the type before the shape
+/// fallback when that changed it.
+///
+/// Not quantized (F32): 1-D tensors and norms. For f32/f16/bf16 files every
+/// other tensor has the file's type. For the quantized file types, unless
+/// `pure`, the recipe first adjusts the default type:
+///
+/// - `output.weight`, and `token_embd.weight` when the embeddings are tied:
+///   Q8_0 when the row length is not whole blocks of the default type,
+///   otherwise Q6_K unless the default is Q8_0. (An untied `token_embd`
+///   keeps the default.)
+/// - `attn_v`: Q4_K_M gives Q6_K to the layers `use_more_bits` picks (the
+///   first and last eighth of the layers and every third one between,
+///   counting from n/8); Q4_K_S gives Q5_K to the first four layers. In a
+///   70B model (80 layers, grouped-query attention) a resulting Q4_K or Q3_K
+///   becomes Q5_K.
+/// - `ffn_down`: Q4_K_M gives Q6_K to the `use_more_bits` layers; Q4_K_S
+///   gives Q5_K to the first eighth of the layers.
+/// - q, k, attention output, gate and up keep the default for these types.
+///
+/// Then, pure or not, [`shape_fallback`].
+fn tensor_type(to: GgufType, pure: bool, category: Category, layer: u64, ne: &[u64], shape: &Shape) -> (GgmlType, Option<GgmlType>) {
+    if ne.len() < 2 || category == Category::Norm {
+        return (GgmlType::F32, None);
+    }
+    let default = to.default_type();
+    if !to.is_quantized() {
+        return (default, None);
+    }
+    let ne0 = ne[0];
+    let mut ty = default;
+    if !pure {
+        let k_s = to == GgufType::Q4_K;
+        let k_m = to == GgufType::Q4_K_M;
+        match category {
+            Category::Output | Category::TokenEmbd if category == Category::Output || shape.tied => {
+                if ne0 % default.block_size() != 0 {
+                    ty = GgmlType::Q8_0;
+                } else if default != GgmlType::Q8_0 {
+                    ty = GgmlType::Q6_K;
+                }
+            }
+            Category::AttnV => {
+                if k_m && use_more_bits(layer, shape.n_layers) {
+                    ty = GgmlType::Q6_K;
+                } else if k_s && layer < 4 {
+                    ty = GgmlType::Q5_K;
+                }
+                if shape.is_70b && matches!(ty, GgmlType::Q3_K | GgmlType::Q4_K) {
+                    ty = GgmlType::Q5_K;
+                }
+            }
+            Category::FfnDown => {
+                if k_m && use_more_bits(layer, shape.n_layers) {
+                    ty = GgmlType::Q6_K;
+                } else if k_s && layer < shape.n_layers / 8 {
+                    ty = GgmlType::Q5_K;
+                }
+            }
+            _ => {}
+        }
+    }
+    let fell = shape_fallback(ty, ne0);
+    (fell, (fell != ty).then_some(ty))
+}
+
+/// Sort key of llama.cpp's `weight_name_comparer`: block number (-1 outside
+/// the blocks), then name.
+fn loader_order(name: &str) -> (i64, &str) {
+    let layer = name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(l, _)| l.parse::<i64>().ok()).unwrap_or(-1);
+    (layer, name)
+}
+
+/// Every tensor the export writes, in file order, with its type.
+pub fn plan_tensors(config: &ModelConfig, opts: ExportOptions) -> Result<Vec<PlannedTensor>, CraftError> {
+    check_exportable(config)?;
+    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let (q, kv) = (config.q_dim(), config.kv_dim());
+    let shape = Shape {
+        n_layers: config.num_layers,
+        tied: config.tie_word_embeddings,
+        is_70b: config.num_layers == 80 && config.num_heads != config.num_kv_heads,
+    };
+    // (gguf name, hf name, category, layer, ggml ne, permute heads)
+    let mut raw: Vec<(String, String, Category, u64, Vec<u64>, Option<u64>)> = vec![
+        ("token_embd.weight".into(), "model.embed_tokens.weight".into(), Category::TokenEmbd, 0, vec![h, v], None),
+        ("output_norm.weight".into(), "model.norm.weight".into(), Category::Norm, 0, vec![h], None),
+    ];
+    if !config.tie_word_embeddings {
+        raw.push(("output.weight".into(), "lm_head.weight".into(), Category::Output, 0, vec![h, v], None));
+    }
+    for l in 0..config.num_layers {
+        for (g, hf, cat) in LAYER_TENSORS {
+            let (ne, permute) = match cat {
+                Category::Norm => (vec![h], None),
+                Category::AttnQ => (vec![h, q], Some(config.num_heads)),
+                Category::AttnK => (vec![h, kv], Some(config.num_kv_heads)),
+                Category::AttnV => (vec![h, kv], None),
+                Category::AttnOutput => (vec![q, h], None),
+                Category::FfnGate | Category::FfnUp => (vec![h, i], None),
+                _ => (vec![i, h], None),
+            };
+            raw.push((format!("blk.{l}.{g}"), format!("model.layers.{l}.{hf}"), cat, l, ne, permute));
+        }
+    }
+    raw.sort_by(|a, b| loader_order(&a.0).cmp(&loader_order(&b.0)));
+    Ok(raw
+        .into_iter()
+        .map(|(name, source, cat, layer, ne, permute_heads)| {
+            let (ty, fallback_from) = tensor_type(opts.to, opts.pure, cat, layer, &ne, &shape);
+            PlannedTensor { name, source, ty, ne, permute_heads, fallback_from }
+        })
+        .collect())
+}
+
+/// llama.cpp's converter permutation of a q or k weight (`rows` × `cols`,
+/// row-major, `heads` heads of `rows / heads` rows): within each head, the
+/// Hugging Face row `t * d/2 + i` (first or second half, `t` = 0 or 1) moves
+/// to row `2i + t`, so rotary pairs become adjacent rows. The inverse of
+/// `import-gguf`'s un-permutation.
+#[must_use]
+pub fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let d = rows / heads.max(1);
+    let half = d / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for t in 0..2 {
+            for i in 0..half {
+                let src = (h * d + t * half + i) * cols;
+                let dst = (h * d + 2 * i + t) * cols;
+                out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+fn u32_of(dir: &Path, key: &str, v: u64) -> Result<Value, CraftError> {
+    u32::try_from(v).map(Value::U32).map_err(|_| invalid(dir, format!("`{key}` = {v} does not fit the GGUF UINT32 field")))
+}
+
+/// `f64` config values are stored as FLOAT32, rounded to nearest as gguf-py's `struct.pack('f')` does.
+#[allow(clippy::cast_possible_truncation)]
+fn f32_of(v: f64) -> Value {
+    Value::F32(v as f32)
+}
+
+/// The metadata of the export of `model`, in the converter's order.
+pub fn export_metadata(model: &Model, opts: ExportOptions) -> Result<(Metadata, VocabKind), CraftError> {
+    let c = &model.config;
+    let dir = &model.dir;
+    let name = fs::canonicalize(dir)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    let mut md = Metadata::new();
+    let mut push = |key: &str, value: Value| md.push(key, value).map_err(|e| invalid(dir, format!("metadata: {e}")));
+    push("general.architecture", "llama".into())?;
+    push("general.type", "model".into())?;
+    push("general.name", name.into())?;
+    push("llama.block_count", u32_of(dir, "num_hidden_layers", c.num_layers)?)?;
+    if let Some(ctx) = c.max_position_embeddings {
+        push("llama.context_length", u32_of(dir, "max_position_embeddings", ctx)?)?;
+    }
+    push("llama.embedding_length", u32_of(dir, "hidden_size", c.hidden_size)?)?;
+    push("llama.feed_forward_length", u32_of(dir, "intermediate_size", c.intermediate_size)?)?;
+    push("llama.attention.head_count", u32_of(dir, "num_attention_heads", c.num_heads)?)?;
+    push("llama.attention.head_count_kv", u32_of(dir, "num_key_value_heads", c.num_kv_heads)?)?;
+    if let RopeScaling::Linear { factor } = c.rope_scaling {
+        push("llama.rope.scaling.type", "linear".into())?;
+        push("llama.rope.scaling.factor", f32_of(factor))?;
+    }
+    push("llama.rope.freq_base", f32_of(c.rope_theta))?;
+    push("llama.attention.layer_norm_rms_epsilon", f32_of(c.rms_norm_eps))?;
+    if c.raw.get("head_dim").is_some_and(|v| !v.is_null()) {
+        push("llama.attention.key_length", u32_of(dir, "head_dim", c.head_dim)?)?;
+        push("llama.attention.value_length", u32_of(dir, "head_dim", c.head_dim)?)?;
+    }
+    push("general.file_type", Value::U32(opts.to.file_type()))?;
+    push("llama.vocab_size", u32_of(dir, "vocab_size", c.vocab_size)?)?;
+    push("llama.rope.dimension_count", u32_of(dir, "head_dim", c.head_dim)?)?;
+    push("general.quantization_version", Value::U32(QUANTIZATION_VERSION))?;
+    let (vocab, kind) = gguf_vocab(dir, c)?;
+    for (k, v) in vocab {
+        push(&k, v)?;
+    }
+    Ok((md, kind))
+}
+
+/// Encodes `values` (rows of `row_len`) as `ty`, splitting the rows across
+/// threads; the bytes do not depend on the split.
+fn encode(ty: GgmlType, values: &[f32], row_len: usize, tensor: &str) -> Result<Vec<u8>, CraftError> {
+    let fail = |e: pesc_quant::QuantError| CraftError::Invalid(format!("tensor `{tensor}`: {e}"));
+    let row_bytes = ty.row_bytes(row_len as u64).and_then(|b| usize::try_from(b).ok()).ok_or_else(|| CraftError::Invalid(format!("tensor `{tensor}`: rows of {row_len} are not whole {ty} blocks")))?;
+    let rows = values.len() / row_len.max(1);
+    let mut out = vec![0u8; rows * row_bytes];
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(16).min(rows.max(1));
+    if threads <= 1 || values.len() < 1 << 16 {
+        pesc_quant::quantize_into(ty, values, &mut out).map_err(fail)?;
+        return Ok(out);
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = values
+            .chunks(per * row_len)
+            .zip(out.chunks_mut(per * row_bytes))
+            .map(|(src, dst)| s.spawn(move || pesc_quant::quantize_into(ty, src, dst)))
+            .collect();
+        for j in jobs {
+            match j.join() {
+                Ok(r) => r.map_err(fail)?,
+                Err(_) => return Err(CraftError::Invalid(format!("tensor `{tensor}`: a quantization thread panicked"))),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The temporary file beside the target; removed on drop unless kept.
+struct Staged {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes `.NAME.pesc-staging-PID-*` files of processes that no longer run.
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.pesc-staging-");
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let fname = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = fname.strip_prefix(&prefix) else { continue };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Checks the target: not a symlink or folder, absent unless `force`, not
+/// one of the model's own files, with an existing parent. Returns the parent.
+fn check_target(target: &Path, force: bool, model: &Model) -> Result<(PathBuf, String), CraftError> {
+    let bad = |problem: &str| CraftError::Io(pesc_io::Error::OutputPath { path: target.into(), problem: problem.into() });
+    let name = target.file_name().ok_or_else(|| bad("has no file name"))?.to_string_lossy().into_owned();
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(bad("has no existing parent folder"));
+    }
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_symlink() => return Err(bad("is a symlink; refusing to write through it")),
+        Ok(m) if m.is_dir() => return Err(bad("is a folder; give a file name such as model.gguf")),
+        Ok(_) if !force => return Err(CraftError::Io(pesc_io::Error::OutputExists { path: target.into() })),
+        Ok(_) => {
+            let existing = fs::canonicalize(target).map_err(|e| pesc_io::Error::Io { path: target.into(), source: e })?;
+            let mut inputs = model.weights.files();
+            inputs.push(model.dir.join("config.json"));
+            inputs.extend(crate::AUX_FILES.iter().map(|f| model.dir.join(f)));
+            if inputs.iter().filter_map(|p| fs::canonicalize(p).ok()).any(|p| p == existing) {
+                return Err(bad("is one of the model's own files; write the GGUF elsewhere"));
+            }
+        }
+        Err(_) => {}
+    }
+    Ok((parent, name))
+}
+
+/// Writes the GGUF export of `model` to `target` (atomically; an existing
+/// file is replaced only with `force`), reporting `(done, total)` input
+/// bytes to `progress`.
+pub fn export_gguf(
+    model: &Model,
+    opts: ExportOptions,
+    target: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ExportSummary, CraftError> {
+    let warnings = check_exportable(&model.config)?;
+    let plan = plan_tensors(&model.config, opts)?;
+    let (metadata, vocab) = export_metadata(model, opts)?;
+    let (parent, name) = check_target(target, force, model)?;
+    for t in &plan {
+        if model.weights.get(&t.source).is_none() {
+            return Err(invalid(&model.dir, format!("tensor `{}` is missing", t.source)));
+        }
+    }
+    let total: u64 = plan.iter().filter_map(|t| model.weights.get(&t.source)).map(|t| t.nbytes).sum();
+
+    remove_stale_staging(&parent, &name);
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let staged = Staged { path: parent.join(format!(".{name}.pesc-staging-{}-{nonce:08x}", std::process::id())), keep: false };
+    let io_err = |path: &Path, e: std::io::Error| CraftError::Io(pesc_io::Error::Io { path: path.into(), source: e });
+    let gguf_err = |e: pesc_gguf::GgufError| match e {
+        pesc_gguf::GgufError::Write(io) => io_err(target, io),
+        other => CraftError::Gguf(other),
+    };
+    let file = OpenOptions::new().write(true).create_new(true).open(&staged.path).map_err(|e| io_err(&staged.path, e))?;
+    let specs: Vec<TensorSpec> = plan.iter().map(|t| TensorSpec::new(t.name.clone(), t.ty, &t.ne)).collect();
+    let mut w = GgufWriter::new(BufWriter::with_capacity(1 << 20, file), &metadata, &specs).map_err(gguf_err)?;
+    let mut done = 0u64;
+    progress(0, total);
+    for t in &plan {
+        if pesc_io::interrupted() {
+            return Err(CraftError::Io(pesc_io::Error::Interrupted));
+        }
+        let info = model.weights.get(&t.source).ok_or_else(|| invalid(&model.dir, format!("tensor `{}` is missing", t.source)))?;
+        let values = pesc_tensor::to_f32(info.dtype, &model.weights.read(&t.source)?)
+            .ok_or_else(|| invalid(&model.dir, format!("tensor `{}` has dtype {}, not a float type", t.source, info.dtype)))?;
+        let cols = usize::try_from(t.ne[0]).unwrap_or(usize::MAX);
+        let rows = values.len() / cols.max(1);
+        let values = match t.permute_heads {
+            Some(heads) => permute_rows(&values, rows, cols, usize::try_from(heads).unwrap_or(1)),
+            None => values,
+        };
+        let bytes = encode(t.ty, &values, cols, &t.source)?;
+        drop(values);
+        w.write_tensor(&t.name, &bytes).map_err(gguf_err)?;
+        done += info.nbytes;
+        progress(done, total);
+    }
+    let out = w.finish().map_err(gguf_err)?;
+    let file = out.into_inner().map_err(|e| io_err(&staged.path, e.into_error()))?;
+    file.sync_all().map_err(|e| io_err(&staged.path, e))?;
+    let bytes = file.metadata().map_err(|e| io_err(&staged.path, e))?.len();
+    drop(file);
+    if pesc_io::interrupted() {
+        return Err(CraftError::Io(pesc_io::Error::Interrupted));
+    }
+    // Re-check right before the rename: the target may have appeared meanwhile.
+    if !force && fs::symlink_metadata(target).is_ok() {
+        return Err(CraftError::Io(pesc_io::Error::OutputExists { path: target.into() }));
+    }
+    fs::rename(&staged.path, target).map_err(|e| io_err(target, e))?;
+    let mut staged = staged;
+    staged.keep = true;
+    File::open(&parent).and_then(|d| d.sync_all()).map_err(|e| io_err(&parent, e))?;
+    Ok(ExportSummary { path: target.to_path_buf(), bytes, tensors: plan, vocab, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn use_more_bits_matches_llama_quantize() {
+        // 30 layers (SmolLM2): n/8 = 3, 7n/8 = 26; every third from 3 + 2.
+        let picked: Vec<u64> = (0..30).filter(|&l| use_more_bits(l, 30)).collect();
+        assert_eq!(picked, [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]);
+        let eight: Vec<u64> = (0..8).filter(|&l| use_more_bits(l, 8)).collect();
+        assert_eq!(eight, [0, 3, 6, 7]);
+        let two: Vec<u64> = (0..2).filter(|&l| use_more_bits(l, 2)).collect();
+        assert_eq!(two, [0, 1], "n/8 = 0, 7n/8 = 1: (0 - 0) % 3 != 2, 1 >= 1");
+    }
+
+    #[test]
+    fn shape_fallback_follows_the_table() {
+        assert_eq!(shape_fallback(GgmlType::Q4_K, 576), GgmlType::Q5_0);
+        assert_eq!(shape_fallback(GgmlType::Q6_K, 576), GgmlType::Q8_0);
+        assert_eq!(shape_fallback(GgmlType::Q5_K, 576), GgmlType::Q5_1);
+        assert_eq!(shape_fallback(GgmlType::Q4_K, 512), GgmlType::Q4_K);
+        assert_eq!(shape_fallback(GgmlType::Q8_0, 48), GgmlType::F16);
+        assert_eq!(shape_fallback(GgmlType::Q4_K, 48), GgmlType::F16);
+        assert_eq!(shape_fallback(GgmlType::Q4_0, 64), GgmlType::Q4_0);
+    }
+
+    #[test]
+    fn loader_order_sorts_blocks_numerically() {
+        let mut names = vec!["blk.10.attn_q.weight", "token_embd.weight", "blk.2.ffn_up.weight", "output.weight", "blk.2.attn_k.weight", "output_norm.weight"];
+        names.sort_by(|a, b| loader_order(a).cmp(&loader_order(b)));
+        assert_eq!(names, ["output.weight", "output_norm.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.ffn_up.weight", "blk.10.attn_q.weight"]);
+    }
+
+    #[test]
+    fn permute_pairs_rotary_rows() {
+        // One head of 4 rows, 1 column: HF [a0 a1 | b0 b1] -> GGUF [a0 b0 a1 b1].
+        assert_eq!(permute_rows(&[0.0, 1.0, 2.0, 3.0], 4, 1, 1), [0.0, 2.0, 1.0, 3.0]);
+        // Two heads.
+        let w: Vec<f32> = (0..8u8).map(f32::from).collect();
+        assert_eq!(permute_rows(&w, 8, 1, 2), [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+    }
+}
