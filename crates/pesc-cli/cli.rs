@@ -36,6 +36,8 @@ pub enum Command {
     Reshard(ReshardArgs),
     /// Recompute every hash in DIR/pesc-manifest.json (and SHA256SUMS); exit 1 on the first mismatch.
     VerifyManifest(VerifyManifestArgs),
+    /// Write a dense llama/mistral model as one llama.cpp GGUF file (f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, Q4_K_M).
+    Quantize(QuantizeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,6 +164,25 @@ pub struct UpcycleArgs {
     pub dtype: DTypeArg,
 }
 
+/// Where the runner computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU (all cores).
+    Cpu,
+    /// The first NVIDIA GPU (needs a build with `--features cuda`).
+    Cuda,
+}
+
+impl DeviceArg {
+    pub fn device(self) -> anyhow::Result<candle_core::Device> {
+        match self {
+            DeviceArg::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceArg::Cuda if cfg!(feature = "cuda") => Ok(candle_core::Device::new_cuda(0)?),
+            DeviceArg::Cuda => anyhow::bail!("this pesc-convert was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+        }
+    }
+}
+
 /// Compute precision of the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ComputeArg {
@@ -208,6 +229,9 @@ pub struct LogitsArgs {
     /// Compute precision.
     #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
     pub dtype: ComputeArg,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -236,6 +260,9 @@ pub struct VerifyArgs {
     /// Compute precision (both models).
     #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
     pub dtype: ComputeArg,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
 }
 
 #[cfg(test)]
@@ -274,6 +301,9 @@ pub struct RunArgs {
     /// Compute precision.
     #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
     pub dtype: ComputeArg,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
 }
 
 /// Stored dtype of imported tensors.
@@ -306,4 +336,69 @@ pub struct ImportGgufArgs {
     /// Stored dtype of the tensors.
     #[arg(long, value_enum, default_value_t = FloatArg::F32)]
     pub dtype: FloatArg,
+}
+
+/// `quantize --to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(non_camel_case_types)]
+pub enum QuantizeTo {
+    /// Every weight f32 (llama.cpp file type ALL_F32).
+    F32,
+    /// Weights f16 (MOSTLY_F16).
+    F16,
+    /// Weights bf16 (MOSTLY_BF16).
+    Bf16,
+    /// Weights Q8_0 (MOSTLY_Q8_0).
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// Weights Q4_0, output Q6_K, as llama-quantize Q4_0 (MOSTLY_Q4_0).
+    #[value(name = "q4_0")]
+    Q4_0,
+    /// Weights Q4_1, output Q6_K, as llama-quantize Q4_1 (MOSTLY_Q4_1).
+    #[value(name = "q4_1")]
+    Q4_1,
+    /// Weights Q4_K, as llama-quantize Q4_K_S (MOSTLY_Q4_K_S).
+    #[value(name = "q4_k")]
+    Q4_K,
+    /// Weights Q6_K (MOSTLY_Q6_K).
+    #[value(name = "q6_k")]
+    Q6_K,
+    /// llama-quantize's Q4_K_M mix: Q4_K, with Q6_K for output and some attn_v/ffn_down layers (MOSTLY_Q4_K_M).
+    #[value(name = "q4_k_m")]
+    Q4_K_M,
+}
+
+impl QuantizeTo {
+    pub fn gguf(self) -> pesc_craft::GgufType {
+        use pesc_craft::GgufType;
+        match self {
+            QuantizeTo::F32 => GgufType::F32,
+            QuantizeTo::F16 => GgufType::F16,
+            QuantizeTo::Bf16 => GgufType::BF16,
+            QuantizeTo::Q8_0 => GgufType::Q8_0,
+            QuantizeTo::Q4_0 => GgufType::Q4_0,
+            QuantizeTo::Q4_1 => GgufType::Q4_1,
+            QuantizeTo::Q4_K => GgufType::Q4_K,
+            QuantizeTo::Q6_K => GgufType::Q6_K,
+            QuantizeTo::Q4_K_M => GgufType::Q4_K_M,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QuantizeArgs {
+    /// A dense Hugging Face model folder (llama or mistral).
+    pub model: PathBuf,
+    /// Output type. The quantized types follow llama-quantize's per-tensor rules and shape fallbacks; norms stay f32.
+    #[arg(long, value_enum)]
+    pub to: QuantizeTo,
+    /// Output `.gguf` file (written beside itself and renamed into place).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// One type for every quantized tensor, without llama-quantize's per-tensor recipe (its --pure); shape fallbacks still apply.
+    #[arg(long)]
+    pub pure: bool,
 }

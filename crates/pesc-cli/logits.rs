@@ -9,7 +9,7 @@ use pesc_tensor::DType;
 
 pub fn run(a: &LogitsArgs) -> Result<()> {
     let model = Model::open(&a.model)?;
-    let runner = Runner::load(&model, a.dtype.dtype(), &candle_core::Device::Cpu)?;
+    let runner = Runner::load(&model, a.dtype.dtype(), &a.device.device()?)?;
     let out = runner.forward(&a.token_ids.0, &mut Cache::default())?;
     let (t, v) = out.logits.dims2()?;
     let values: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;

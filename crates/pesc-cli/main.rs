@@ -10,6 +10,7 @@ mod logits;
 mod output;
 mod progress;
 mod publish;
+mod quantize;
 mod reshard;
 mod run;
 mod verify;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         cli::Command::ImportGguf(a) => import::run(&a),
         cli::Command::Reshard(a) => reshard::run(&a),
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
+        cli::Command::Quantize(a) => quantize::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

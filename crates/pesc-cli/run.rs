@@ -30,7 +30,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         text.apply_chat_template(&messages, true)?
     };
     let ids = text.encode(&prompt)?;
-    let runner = Runner::load(&model, a.dtype.dtype(), &candle_core::Device::Cpu)?;
+    let runner = Runner::load(&model, a.dtype.dtype(), &a.device.device()?)?;
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
     let mut generated = Vec::new();
     let mut shown = 0usize;

@@ -29,7 +29,7 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
     }
     let sequences = inputs(a, &refr)?;
     let exact = pesc_verify::has_zero_adapters(&cand)? && matches!(refr.config.moe, pesc_arch::Moe::Dense);
-    let device = candle_core::Device::Cpu;
+    let device = a.device.device()?;
     let c = pesc_verify::compare(
         &Runner::load(&cand, a.dtype.dtype(), &device)?,
         &Runner::load(&refr, a.dtype.dtype(), &device)?,

@@ -36,7 +36,7 @@ use pesc_arch::{Family, Model, ModelConfig, Moe, RopeScaling};
 use pesc_gguf::{GgmlType, GgufWriter, Metadata, TensorSpec, Value};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 /// `GGML_QNT_VERSION`.
