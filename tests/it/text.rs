@@ -146,3 +146,14 @@ fn a_tokenizer_rebuilt_from_gguf_metadata_tokenizes_alike() {
     assert_eq!(prompt, r["prompt"].as_str().unwrap());
     assert_eq!(rebuilt.eos_ids(), [2]);
 }
+
+#[test]
+fn verify_refuses_a_candidate_with_another_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    crate::common::copy_dir(&fixture("llama-chat"), &other);
+    let tj = std::fs::read_to_string(other.join("tokenizer.json")).unwrap().replace("<|im_end|>", "<|im_stop|>");
+    std::fs::write(other.join("tokenizer.json"), tj).unwrap();
+    let o = run([Path::new("verify"), &other, Path::new("--against"), &fixture("llama-chat")]);
+    assert_rejects(&o, &["`tokenizer.json` differs from the reference's"]);
+}
