@@ -717,6 +717,184 @@ def gguf_import_pretokenizer(pre):
     return f"{len(strings)} strings alike ({type(hf_tok).__name__})"
 
 
+# --- quantize --to (GGUF export) --------------------------------------------
+
+EXPORT_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "q4_k_m"]
+# The types gguf.quants.quantize implements (no K-quants): exports' tensors of these types are compared byte for byte.
+GGUF_PY_QUANTIZES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"}
+EXPORT_MODELS = ["llama-chat", "smollm2"]
+_exports = {}
+
+
+def export_source(model):
+    """The HF folder behind an export: a fixture, or SmolLM2 as import-gguf makes it from the published Q4_1 file."""
+    return imported_gguf(smollm2_gguf()) if model == "smollm2" else MODELS / model
+
+
+def exported(model, to):
+    """`pesc-convert quantize SOURCE --to TO -o OUT.gguf`, once per (model, to); returns OUT."""
+    key = (model, to)
+    if key not in _exports:
+        out = TMP / "export" / f"{model}-{to}.gguf"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pesc("quantize", export_source(model), "--to", to, "-o", out)
+        _exports[key] = out
+    return _exports[key]
+
+
+def gguf_hf_name(name):
+    if name.startswith("blk."):
+        _, layer, rest = name.split(".", 2)
+        return f"model.layers.{layer}.{({v: k for k, v in make_gguf().LAYER_NAMES.items()})[rest]}"
+    return {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}[name]
+
+
+@check(over=[(m, t) for m in EXPORT_MODELS for t in EXPORT_TYPES])
+def gguf_export_dequant(item):
+    """The gguf package reads every export; its dequantization of each tensor (q/k un-permuted) equals pesc-convert's
+    (import-gguf of the same file, i.e. pesc_quant) bit for bit."""
+    import gguf
+    import numpy as np
+
+    model, to = item
+    path = exported(model, to)
+    reader = gguf.GGUFReader(str(path))
+    meta = lambda key: reader.fields[key].contents()  # noqa: E731
+    assert meta("general.architecture") == "llama", meta("general.architecture")
+    want_ftype = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q4_k": 14, "q4_k_m": 15, "q6_k": 18, "bf16": 32}[to]
+    assert meta("general.file_type") == want_ftype, (meta("general.file_type"), want_ftype)
+    heads, kv_heads = meta("llama.attention.head_count"), meta("llama.attention.head_count_kv")
+    unpermute = make_gguf().unpermute
+    folder = TMP / "export-import" / f"{model}-{to}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    pesc("import-gguf", path, "-o", folder)
+    got = read_tensors(folder)
+    types = {}
+    for t in reader.tensors:
+        hf = gguf_hf_name(t.name)
+        shape = [int(n) for n in reversed(t.shape)]
+        want = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        if hf.endswith("q_proj.weight"):
+            want = unpermute(want, heads)
+        elif hf.endswith("k_proj.weight"):
+            want = unpermute(want, kv_heads)
+        g = got.pop(hf)[1]
+        assert list(g.shape) == shape, f"{hf}: {list(g.shape)} != {shape}"
+        assert np.array_equal(g.numpy().view(np.uint32), np.ascontiguousarray(want).view(np.uint32)), f"{t.name}: not bit-identical"
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    assert not got, f"imported tensors the GGUF lacks: {sorted(got)}"
+    shutil.rmtree(folder)
+    return f"{len(reader.tensors)} tensors ({', '.join(f'{n} {k}' for k, n in sorted(types.items()))})"
+
+
+@check(over=[(m, t) for m in EXPORT_MODELS for t in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]])
+def gguf_export_quantize(item):
+    """Every exported tensor of a type gguf-py can quantize holds exactly gguf.quants.quantize of the source weights
+    (as f32, q and k rows permuted by llama.cpp's converter formula); the others (Q6_K for the output) are left to
+    gguf_export_dequant."""
+    import gguf
+    import numpy as np
+
+    model, to = item
+    path = exported(model, to)
+    reader = gguf.GGUFReader(str(path))
+    heads = reader.fields["llama.attention.head_count"].contents()
+    kv_heads = reader.fields["llama.attention.head_count_kv"].contents()
+    source = read_tensors(export_source(model))
+    permute = make_gguf().permute
+    compared, skipped = {}, {}
+    for t in reader.tensors:
+        hf = gguf_hf_name(t.name)
+        w = source[hf][1].to(torch.float32).numpy()
+        if hf.endswith("q_proj.weight"):
+            w = permute(w, heads)
+        elif hf.endswith("k_proj.weight"):
+            w = permute(w, kv_heads)
+        name = t.tensor_type.name
+        if name not in GGUF_PY_QUANTIZES:
+            skipped[name] = skipped.get(name, 0) + 1
+            continue
+        want = gguf.quants.quantize(np.ascontiguousarray(w), t.tensor_type)
+        assert np.array_equal(np.asarray(t.data).view(np.uint8).reshape(-1), want.view(np.uint8).reshape(-1)), f"{t.name} ({name}): bytes differ"
+        compared[name] = compared.get(name, 0) + 1
+    assert compared, "nothing compared"
+    left = f"; not quantizable by gguf-py: {', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))}" if skipped else ""
+    return f"byte-identical: {', '.join(f'{n} {k}' for k, n in sorted(compared.items()))}{left}"
+
+
+def converter_vocab(folder):
+    """tokens and token types as llama.cpp's converter builds them (conversion/base.py::get_vocab_base, written out
+    again here with transformers' AutoTokenizer), and gguf-py's SpecialVocab of the folder."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    vocab_size = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
+    reverse = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = tokenizer.get_added_vocab()
+    decoder = tokenizer.added_tokens_decoder
+
+    def looks_special(t):
+        return (t in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (t.startswith("<|") and t.endswith("|>"))
+                or (t.startswith("<\uff5c") and t.endswith("\uff5c>")) or (t.startswith("<unused") and t.endswith(">")))
+
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(5)
+            continue
+        t = reverse[i]
+        if t in added:
+            if not decoder[i].normalized:
+                t = tokenizer.decode(tokenizer.encode(t, add_special_tokens=False))
+            if decoder[i].special or looks_special(t):
+                types.append(3)
+            else:
+                t = t.replace("\u2581", " ")
+                types.append(4)
+        else:
+            types.append(1)
+        tokens.append(t)
+    return tokens, types, gguf.SpecialVocab(folder, load_merges=True)
+
+
+@check(over=EXPORT_MODELS)
+def gguf_export_vocab(model):
+    """tokenizer.ggml.* of the export equal what llama.cpp's converter computes from the same folder: tokens and
+    types (get_vocab_base over transformers' tokenizer), merges, special token ids (in order), add_*_token flags and
+    the chat template (gguf-py's SpecialVocab)."""
+    import gguf
+
+    folder = export_source(model)
+    reader = gguf.GGUFReader(str(exported(model, "q8_0")))
+    fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    tokens, types, special = converter_vocab(folder)
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    assert fields["tokenizer.ggml.tokens"] == tokens, "tokens differ"
+    assert fields["tokenizer.ggml.token_type"] == types, "token types differ"
+    assert fields["tokenizer.ggml.merges"] == special.merges, "merges differ"
+    key = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "sep": "seperator_token_id",
+           "pad": "padding_token_id", "cls": "cls_token_id", "mask": "mask_token_id"}
+    ours = [k for k in fields if k.endswith("_token_id")]
+    assert ours == [f"tokenizer.ggml.{key[t]}" for t in special.special_token_ids], (ours, special.special_token_ids)
+    for t, i in special.special_token_ids.items():
+        assert fields[f"tokenizer.ggml.{key[t]}"] == i, (t, i)
+    want_add = dict(special.add_special_token)
+    # llama.cpp 0c1e57098's SpecialVocab (what llama-cpp-python 0.3.36 vendors) also reads a ByteLevel post-processor
+    # as "add neither BOS nor EOS"; the gguf 0.19.0 package predates that branch.
+    pp = json.loads((Path(folder) / "tokenizer.json").read_text()).get("post_processor") or {}
+    if any(p.get("type") == "ByteLevel" for p in pp.get("processors", [pp])):
+        want_add.setdefault("bos", False)
+        want_add.setdefault("eos", False)
+    if json.loads((Path(folder) / "config.json").read_text())["vocab_size"] == 49152:
+        want_add["bos"] = False  # LlamaModel.set_vocab's rule for 49152-token vocabularies (Granite, SmolLM)
+    ours_add = {k.split("_")[1]: v for k, v in ((k.removeprefix("tokenizer.ggml."), v) for k, v in fields.items()) if k.startswith("add_") and k.endswith("_token")}
+    assert ours_add == want_add, (ours_add, want_add)
+    assert fields.get("tokenizer.chat_template") == special.chat_template, "chat template differs"
+    return f"{len(tokens)} tokens, {len(special.merges)} merges, ids {dict(special.special_token_ids)}, add {want_add}, pre {fields['tokenizer.ggml.pre']!r}"
+
+
 # --- driver -----------------------------------------------------------------
 
 

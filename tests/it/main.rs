@@ -5,5 +5,6 @@ mod hostile;
 mod craft;
 mod gguf;
 mod io;
+mod quantize;
 mod runner;
 mod text;

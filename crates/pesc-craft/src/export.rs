@@ -249,7 +249,7 @@ pub fn check_exportable(config: &ModelConfig) -> Result<Vec<String>, CraftError>
         RopeScaling::Llama3 { .. } => return Err(invalid(dir, "uses llama3 rope scaling, which GGUF export does not support yet (llama.cpp needs a `rope_freqs.weight` tensor)")),
         RopeScaling::Other { rope_type } => return Err(invalid(dir, format!("uses rope scaling `{rope_type}`, which GGUF export does not support"))),
     }
-    if config.head_dim % 2 != 0 {
+    if config.head_dim.checked_rem(2) != Some(0) {
         return Err(invalid(dir, format!("head_dim {} is odd; llama.cpp's rotary layout needs an even head size", config.head_dim)));
     }
     let mut warnings = Vec::new();
@@ -286,7 +286,8 @@ fn use_more_bits(layer: u64, n_layers: u64) -> bool {
 /// 32-element types keep their type), and F16 when even that does not fit.
 #[must_use]
 pub fn shape_fallback(ty: GgmlType, ne0: u64) -> GgmlType {
-    if ne0 % ty.block_size() == 0 {
+    let whole = |t: GgmlType| ne0.checked_rem(t.block_size()) == Some(0);
+    if whole(ty) {
         return ty;
     }
     let next = match ty {
@@ -295,7 +296,7 @@ pub fn shape_fallback(ty: GgmlType, ne0: u64) -> GgmlType {
         GgmlType::Q6_K => GgmlType::Q8_0,
         other => other,
     };
-    if ne0 % next.block_size() == 0 {
+    if whole(next) {
         next
     } else {
         GgmlType::F16
@@ -347,7 +348,7 @@ fn tensor_type(to: GgufType, pure: bool, category: Category, layer: u64, ne: &[u
         let k_m = to == GgufType::Q4_K_M;
         match category {
             Category::Output | Category::TokenEmbd if category == Category::Output || shape.tied => {
-                if ne0 % default.block_size() != 0 {
+                if ne0.checked_rem(default.block_size()) != Some(0) {
                     ty = GgmlType::Q8_0;
                 } else if default != GgmlType::Q8_0 {
                     ty = GgmlType::Q6_K;
@@ -395,7 +396,8 @@ pub fn plan_tensors(config: &ModelConfig, opts: ExportOptions) -> Result<Vec<Pla
         is_70b: config.num_layers == 80 && config.num_heads != config.num_kv_heads,
     };
     // (gguf name, hf name, category, layer, ggml ne, permute heads)
-    let mut raw: Vec<(String, String, Category, u64, Vec<u64>, Option<u64>)> = vec![
+    type Row = (String, String, Category, u64, Vec<u64>, Option<u64>);
+    let mut raw: Vec<Row> = vec![
         ("token_embd.weight".into(), "model.embed_tokens.weight".into(), Category::TokenEmbd, 0, vec![h, v], None),
         ("output_norm.weight".into(), "model.norm.weight".into(), Category::Norm, 0, vec![h], None),
     ];

@@ -56,7 +56,16 @@ pub struct FileDigest {
 pub fn hash_file(path: &Path) -> Result<FileDigest> {
     let mut f = File::open(path).at(path)?;
     let mut h = Sha256::new();
-    let bytes = std::io::copy(&mut f, &mut h).at(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        bytes += n as u64;
+    }
     Ok(FileDigest { bytes, sha256: hex(&h.finalize()) })
 }
 
@@ -82,35 +91,44 @@ pub struct RunRecord {
 }
 
 /// SHA-256 computed on a second thread, fed in pieces of at most
-/// [`HashPipe::PIECE`] bytes with at most [`HashPipe::DEPTH`] in flight, so
-/// hashing overlaps writing while memory stays bounded.
+/// [`HashPipe::PIECE`] bytes through a fixed pool of [`HashPipe::DEPTH`]
+/// buffers, so hashing overlaps writing, memory stays bounded and no buffer
+/// is allocated after the first few.
 struct HashPipe {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
     worker: Option<std::thread::JoinHandle<String>>,
 }
 
 impl HashPipe {
     const PIECE: usize = 1 << 20;
-    const DEPTH: usize = 16;
+    const DEPTH: usize = 8;
 
     fn new() -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::DEPTH);
+        let (free_tx, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::DEPTH);
+        for _ in 0..Self::DEPTH {
+            let _ = free_tx.send(Vec::with_capacity(Self::PIECE));
+        }
         let worker = std::thread::spawn(move || {
             let mut h = Sha256::new();
             for piece in rx {
                 h.update(&piece);
+                // Hand the buffer back; the writer may be gone already.
+                let _ = free_tx.send(piece);
             }
             hex(&h.finalize())
         });
-        HashPipe { tx: Some(tx), worker: Some(worker) }
+        HashPipe { tx: Some(tx), free, worker: Some(worker) }
     }
 
     fn update(&self, data: &[u8]) {
-        if let Some(tx) = &self.tx {
-            for piece in data.chunks(Self::PIECE) {
-                // The worker only stops when the sender is dropped.
-                let _ = tx.send(piece.to_vec());
-            }
+        let Some(tx) = &self.tx else { return };
+        for piece in data.chunks(Self::PIECE) {
+            let Ok(mut buf) = self.free.recv() else { return };
+            buf.clear();
+            buf.extend_from_slice(piece);
+            let _ = tx.send(buf);
         }
     }
 
