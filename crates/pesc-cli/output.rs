@@ -37,19 +37,7 @@ pub fn error(e: &anyhow::Error) {
     eprintln!("{msg}");
 }
 
-/// Groups digits: 1234567 -> 1,234,567.
-#[must_use]
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use pesc_craft::thousands;
 
 /// A byte count in binary units: 1536 -> 1.5 KiB.
 #[must_use]
