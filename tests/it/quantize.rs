@@ -222,6 +222,7 @@ fn metadata_follows_the_converters_order_and_types() {
             "general.architecture",
             "general.type",
             "general.name",
+            "general.size_label",
             "llama.block_count",
             "llama.context_length",
             "llama.embedding_length",
@@ -253,6 +254,7 @@ fn metadata_follows_the_converters_order_and_types() {
     assert_eq!(md.get_str("general.architecture").unwrap(), "llama");
     assert_eq!(md.get_str("general.type").unwrap(), "model");
     assert_eq!(md.get_str("general.name").unwrap(), "llama-chat");
+    assert_eq!(md.get_str("general.size_label").unwrap(), "95K", "gguf-py's label for 94,528 parameters");
     assert_eq!(
         [u("llama.block_count"), u("llama.context_length"), u("llama.embedding_length"), u("llama.feed_forward_length")],
         [2, 256, 64, 128]
@@ -630,4 +632,21 @@ fn tokenizer_flags_come_from_the_post_processor_and_tokenizer_config() {
     let keys: Vec<&str> = md.iter().map(|(k, _)| k).collect();
     assert_eq!(keys.iter().position(|k| *k == "tokenizer.ggml.add_space_prefix"), keys.iter().position(|k| *k == "tokenizer.ggml.model").map(|p| p - 1));
     assert!(matches!(md.get("tokenizer.ggml.bos_token_id"), Some(Value::U32(1))));
+}
+
+#[test]
+fn a_model_without_tokenizer_round_trips_through_gguf() {
+    // Exported with `tokenizer.ggml.model = "none"`, as llama.cpp's converter does.
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("gqa.gguf");
+    let back = tmp.path().join("back");
+    let o = crate::common::run([std::path::Path::new("quantize"), &crate::common::fixture("llama-gqa"), std::path::Path::new("--to"), std::path::Path::new("f32"), std::path::Path::new("-o"), &gguf]);
+    crate::common::assert_code(&o, 0);
+    let o = crate::common::run([std::path::Path::new("import-gguf"), &gguf, std::path::Path::new("-o"), &back]);
+    crate::common::assert_code(&o, 0);
+    assert!(!back.join("tokenizer.json").exists());
+    let (a, b) = (pesc_io::Checkpoint::open_dir(&crate::common::fixture("llama-gqa")).unwrap(), pesc_io::Checkpoint::open_dir(&back).unwrap());
+    for t in a.tensors() {
+        assert_eq!(a.read(&t.name).unwrap(), b.read(&t.name).unwrap(), "{}", t.name);
+    }
 }

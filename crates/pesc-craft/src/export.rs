@@ -1,26 +1,31 @@
 //! `quantize --to f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k|q4_k_m`: a dense
 //! Llama-family folder (`llama`, `mistral`) to one llama.cpp GGUF file
-//! (architecture `llama`), the reverse of [`crate::import_gguf`].
+//! (architecture `llama`), the reverse of [`crate::Import`].
 //!
 //! The result is what llama.cpp's own pipeline gives:
 //! `convert_hf_to_gguf.py --outtype f32` followed, for the quantized types,
 //! by `llama-quantize` without an importance matrix (the copies vendored in
-//! llama-cpp-python 0.3.36, llama.cpp `0c1e57098`):
+//! llama-cpp-python 0.3.36, llama.cpp `0c1e57098`). `scripts/llama-cpp-check.sh`
+//! runs both on SmolLM2: the converter's f32 and q8_0 files hold the same
+//! metadata (but `general.name`, which the converter title-cases) and the same
+//! tensor bytes, and `llama_model_quantize` of our f32 file gives our
+//! quantized files' tensors byte for byte, in the same order.
 //!
 //! - **Metadata** in the converter's order and types: `general.architecture`,
-//!   `general.type`, `general.name` (the folder's name), the `llama.*`
-//!   hyperparameters, `general.file_type`, `llama.vocab_size`,
+//!   `general.type`, `general.name` (the folder's name), `general.size_label`,
+//!   the `llama.*` hyperparameters, `general.file_type`, `llama.vocab_size`,
 //!   `llama.rope.dimension_count`, `general.quantization_version` (the
 //!   converter writes it for every file type), then `tokenizer.*` (see
 //!   [`crate::gguf_vocab`]). `llama.attention.key_length` and `value_length`
 //!   are written when `config.json` sets `head_dim`, as the converter does.
 //! - **Tensors** under llama.cpp's names, in the order `llama-quantize`
 //!   writes them (its loader's `weight_name_comparer`: the tensors outside
-//!   the blocks by name, then block by block, by name within a block). q and
-//!   k rows are permuted for llama.cpp's adjacent-pair rotary layout
-//!   ([`permute_rows`]) before anything is rounded. A tied `lm_head` is not
-//!   written (llama.cpp falls back to `token_embd`).
-//! - **Types** ([`tensor_type`]): 1-D tensors and norms are F32 always. For
+//!   the blocks by name, then block by block, by name within a block; the
+//!   converter keeps the checkpoint's order instead). q and k rows are
+//!   permuted for llama.cpp's adjacent-pair rotary layout ([`permute_rows`])
+//!   before anything is rounded. A tied `lm_head` is not written (llama.cpp
+//!   falls back to `token_embd`).
+//! - **Types** ([`plan_tensors`]): 1-D tensors and norms are F32 always. For
 //!   f32/f16/bf16 every other tensor is that type; the rest follow
 //!   `llama-quantize`'s per-tensor rules and its shape fallback.
 //!
@@ -460,6 +465,28 @@ fn f32_of(v: f64) -> Value {
     Value::F32(v as f32)
 }
 
+/// gguf-py's `size_label` for a dense model: the parameter count in K, M, B
+/// or T with at least two significant digits (`95K`, `135M`, `1.2B`).
+#[must_use]
+pub fn size_label(params: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let n = params as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    // Python's len(str(round(x)).lstrip('0')): the digits of the rounded value, none for 0.
+    let rounded = scaled.round_ties_even();
+    let digits = if rounded < 1.0 { 0 } else { format!("{rounded:.0}").len() };
+    let fix = 2usize.saturating_sub(digits);
+    format!("{scaled:.fix$}{suffix}")
+}
+
 /// The metadata of the export of `model`, in the converter's order.
 pub fn export_metadata(model: &Model, opts: ExportOptions) -> Result<(Metadata, VocabKind), CraftError> {
     let c = &model.config;
@@ -473,6 +500,8 @@ pub fn export_metadata(model: &Model, opts: ExportOptions) -> Result<(Metadata, 
     push("general.architecture", "llama".into())?;
     push("general.type", "model".into())?;
     push("general.name", name.into())?;
+    let params: u64 = plan_tensors(c, opts)?.iter().map(|t| t.ne.iter().product::<u64>()).sum();
+    push("general.size_label", size_label(params).into())?;
     push("llama.block_count", u32_of(dir, "num_hidden_layers", c.num_layers)?)?;
     if let Some(ctx) = c.max_position_embeddings {
         push("llama.context_length", u32_of(dir, "max_position_embeddings", ctx)?)?;
@@ -674,7 +703,17 @@ mod tests {
         let eight: Vec<u64> = (0..8).filter(|&l| use_more_bits(l, 8)).collect();
         assert_eq!(eight, [0, 3, 6, 7]);
         let two: Vec<u64> = (0..2).filter(|&l| use_more_bits(l, 2)).collect();
-        assert_eq!(two, [0, 1], "n/8 = 0, 7n/8 = 1: (0 - 0) % 3 != 2, 1 >= 1");
+        assert_eq!(two, [1], "n/8 = 0 and 7n/8 = 1: layer 0 is in neither end, (0 - 0) % 3 != 2");
+    }
+
+    #[test]
+    fn size_labels_match_gguf_py() {
+        assert_eq!(size_label(94_528), "95K");
+        assert_eq!(size_label(134_515_008), "135M");
+        assert_eq!(size_label(1_235_814_400), "1.2B");
+        assert_eq!(size_label(8_030_261_248), "8.0B");
+        assert_eq!(size_label(400), "0.40K");
+        assert_eq!(size_label(70_553_706_496), "71B");
     }
 
     #[test]

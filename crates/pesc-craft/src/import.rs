@@ -135,6 +135,10 @@ fn unpermute(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32>
 fn vocab(file: &GgufFile, context: Option<u64>) -> Result<Option<GgufVocab>, CraftError> {
     let md: &Metadata = file.metadata();
     let Some(model) = md.opt_str("tokenizer.ggml.model").map_err(|e| meta_err(file, e))? else { return Ok(None) };
+    // llama.cpp's placeholder for a model without a vocabulary.
+    if matches!(model, "none" | "no_vocab") {
+        return Ok(None);
+    }
     let strings = |key: &str| -> Result<Vec<String>, CraftError> {
         if !md.contains(key) {
             return Ok(Vec::new());

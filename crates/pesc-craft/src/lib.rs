@@ -21,7 +21,7 @@ mod upcycle;
 pub use card::{craft_card, craft_counts, thousands, upcycle_card, upcycle_counts};
 pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
 pub use export::{
-    check_exportable, export_gguf, export_metadata, permute_rows, plan_tensors, shape_fallback, ExportOptions, ExportSummary, GgufType, PlannedTensor,
+    check_exportable, export_gguf, export_metadata, permute_rows, plan_tensors, shape_fallback, size_label, ExportOptions, ExportSummary, GgufType, PlannedTensor,
     QUANTIZATION_VERSION,
 };
 pub use gguf_tokenizer::{hf_tokenizer, GgufVocab};

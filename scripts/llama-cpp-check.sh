@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# llama.cpp itself as the oracle for `pesc-convert quantize` (GGUF export). Not run in CI: the first run
+# builds llama-cpp-python 0.3.36 from its PyPI sdist (it compiles llama.cpp: about 8 minutes on 2 cores).
+#
+#   scripts/llama-cpp-check.sh [MODEL]      # MODEL: a dense llama folder, default work/smollm2
+#
+# work/smollm2 is SmolLM2-135M-Instruct as scripts/quickstart.sh imports it. The checks, on MODEL:
+#
+#  1. converter: llama.cpp's own convert_hf_to_gguf.py (the copy vendored in the sdist, llama.cpp 0c1e57098)
+#     with --outtype f32/f16/bf16/q8_0 gives the same metadata (keys, order, types, values; only general.name
+#     differs, which the converter title-cases) and the same tensors (names, types, bytes) as our export;
+#     only the tensor order differs (ours is llama-quantize's).
+#  2. llama-quantize: llama_model_quantize() of our f32 export to Q8_0, Q4_0, Q4_1, Q4_K_S, Q6_K, Q4_K_M (and
+#     Q4_K_M --pure) gives exactly our exports' tensors: same order, types and bytes; the metadata differs only
+#     in that ggml moves general.quantization_version and general.file_type to the end when it sets them.
+#  3. tokenizer: llama.cpp's tokenizer, loaded from our GGUF, encodes a set of strings (digits, code,
+#     punctuation, non-Latin scripts, emoji, special tokens) as MODEL's tokenizer.json does (the `tokenizers`
+#     library, which pesc-convert uses).
+#  4. logits on a chat prompt: llama.cpp (KV cache in f32) on our f32 export equals `pesc-convert logits` of
+#     MODEL within 1e-3 (measured 1.4e-4 on SmolLM2, logits up to 35). On q8_0 (and q4_k_m) exports the
+#     reference is `pesc-convert logits` of the export imported back (the same dequantized weights): ggml's CPU
+#     matmul also rounds the activations to 8 bits, so its distance to that reference is bounded by 3x the
+#     weight-rounding distance itself (|import - MODEL|): measured 1.16 vs 0.88 max, 0.20 vs 0.12 mean for q8_0.
+#
+# Needs: the release binary (built here), .venv (scripts/py-env.sh: torch and transformers, for the converter),
+# a C/C++ compiler, PyPI. Installs into .cache/ (git-ignored): llama-cpp-venv (llama-cpp-python, gguf, tokenizers,
+# numpy) and converter-extra (sentencepiece, which the converter imports). Prints the figures; exit 1 on a failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+MODEL="$(cd "${1:-work/smollm2}" && pwd)"
+LLAMA_CPP_PYTHON=0.3.36
+VENV="$ROOT/.cache/llama-cpp-venv"
+EXTRA="$ROOT/.cache/converter-extra"
+SDIST_DIR="$ROOT/.cache/llama-cpp-sdist"
+log() { echo "llama-cpp-check: $*" >&2; }
+
+scripts/py-env.sh
+cargo build --release
+BIN="$ROOT/target/release/pesc-convert"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The sdist holds llama.cpp for the build and, under vendor/, the converter this script compares with.
+SDIST="$SDIST_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz"
+CONVERTER="$SDIST_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
+if [[ ! -f "$SDIST" ]]; then
+    mkdir -p "$SDIST_DIR"
+    "$VENV/bin/python" -m pip download --quiet --no-deps -d "$SDIST_DIR" "llama-cpp-python==$LLAMA_CPP_PYTHON" >&2
+fi
+if [[ ! -f "$CONVERTER/convert_hf_to_gguf.py" ]]; then
+    tar -xzf "$SDIST" -C "$SDIST_DIR"
+fi
+if ! "$VENV/bin/python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON')" 2>/dev/null; then
+    log "building llama-cpp-python $LLAMA_CPP_PYTHON (compiles llama.cpp; about 8 minutes on 2 cores)"
+    # No -march=native: ggml's AMX kernels crash in some VMs that advertise AMX (seen here as a segfault in
+    # llama_decode on any quantized model). AVX2 works everywhere this runs.
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+        CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/python" -m pip install --progress-bar off "$SDIST" >&2
+fi
+"$VENV/bin/python" -m pip install --quiet --progress-bar off numpy gguf==0.19.0 tokenizers >&2
+if [[ ! -d "$EXTRA/sentencepiece" ]]; then
+    .venv/bin/python -m pip install --quiet --target "$EXTRA" sentencepiece >&2
+fi
+
+TMP="$(mktemp -d -t pesc-llama-cpp-XXXXXX)"
+trap 'rm -rf "$TMP"' EXIT
+log "outputs in $TMP"
+for to in f32 f16 bf16 q8_0; do
+    PYTHONPATH="$CONVERTER/gguf-py:$EXTRA" .venv/bin/python "$CONVERTER/convert_hf_to_gguf.py" "$MODEL" \
+        --outtype "$to" --outfile "$TMP/converter-$to.gguf" >"$TMP/converter-$to.log" 2>&1 \
+        || { log "convert_hf_to_gguf.py --outtype $to failed:"; tail -20 "$TMP/converter-$to.log" >&2; exit 1; }
+done
+for to in f32 f16 bf16 q8_0 q4_0 q4_1 q4_k q6_k q4_k_m; do
+    "$BIN" quantize "$MODEL" --to "$to" -o "$TMP/ours-$to.gguf" 2>/dev/null
+done
+"$BIN" quantize "$MODEL" --to q4_k_m --pure -o "$TMP/ours-q4_k_m-pure.gguf" 2>/dev/null
+
+"$VENV/bin/python" - "$MODEL" "$BIN" "$TMP" <<'PY'
+import ctypes
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import llama_cpp
+import numpy as np
+from tokenizers import Tokenizer
+
+MODEL, BIN, TMP = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+failed = 0
+
+
+def report(ok, name, detail):
+    global failed
+    failed += not ok
+    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
+
+
+def fields(reader):
+    return {k: (tuple(int(t) for t in f.types), f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def tensors(reader):
+    return [(t.name, t.tensor_type.name, np.asarray(t.data).view(np.uint8).tobytes()) for t in reader.tensors]
+
+
+# 1. The converter.
+for to in ["f32", "f16", "bf16", "q8_0"]:
+    ours, conv = gguf.GGUFReader(str(TMP / f"ours-{to}.gguf")), gguf.GGUFReader(str(TMP / f"converter-{to}.gguf"))
+    fo, fc = fields(ours), fields(conv)
+    diffs = [k for k in set(fo) | set(fc) if fo.get(k) != fc.get(k)]
+    order_ok = list(fo) == list(fc)
+    to_, tc_ = sorted(tensors(ours)), sorted(tensors(conv))
+    same = to_ == tc_
+    bad = [k for k in diffs if k != "general.name"]
+    report(order_ok and not bad and same, f"converter --outtype {to}",
+           f"{len(fo)} keys in the same order, differing only in {diffs} ({fo['general.name'][1]!r} vs {fc['general.name'][1]!r}); "
+           f"{len(to_)} tensors {'identical in type and bytes' if same else 'DIFFER'}" + (f"; other differences: {bad}" if bad else ""))
+
+# 2. llama-quantize of our f32 export.
+FTYPES = {"q8_0": 7, "q4_0": 2, "q4_1": 3, "q4_k": 14, "q6_k": 18, "q4_k_m": 15, "q4_k_m-pure": 15}
+for to, ftype in FTYPES.items():
+    out = TMP / f"llama-quantize-{to}.gguf"
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype, p.pure = ftype, to.endswith("-pure")
+    rc = llama_cpp.llama_model_quantize(str(TMP / "ours-f32.gguf").encode(), str(out).encode(), ctypes.byref(p))
+    if rc != 0:
+        report(False, f"llama-quantize {to}", f"llama_model_quantize returned {rc}")
+        continue
+    ours, theirs = gguf.GGUFReader(str(TMP / f"ours-{to}.gguf")), gguf.GGUFReader(str(out))
+    a, b = tensors(ours), tensors(theirs)
+    fo, ft = fields(ours), fields(theirs)
+    moved = ["general.file_type", "general.quantization_version"]
+    order_ok = [k for k in fo if k not in moved] + moved == list(ft) or [k for k in fo if k not in moved] + moved[::-1] == list(ft)
+    kinds = {}
+    for _, ty, _ in b:
+        kinds[ty] = kinds.get(ty, 0) + 1
+    report(a == b and fo == ft and order_ok, f"llama-quantize {to}",
+           f"{len(b)} tensors {'identical (order, types, bytes)' if a == b else 'DIFFER'}: "
+           f"{', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}; metadata {'equal' if fo == ft and order_ok else 'DIFFERS'}")
+
+# 3. Tokenization.
+STRINGS = [
+    "Hello, world!", "12345", "Call 555-0199 before 9:30, or pay $1,000,000.", "def add(a, b):\n    return a + b  # two spaces\n",
+    "for (int i = 0; i < n; ++i) { x[i] *= 2; }", "\u00c7a va? \u65e5\u672c\u8a9e \u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac \U0001f917 na\u00efve caf\u00e9",
+    "  leading spaces and\ttabs\n\nnewlines  ", "I'M HERE, it's fine; they'll see.", "<|im_start|>user\nhi<|im_end|>",
+    "don't 3.14159 e=mc^2 ~~~ \u2014 \u00bd", "",
+]
+ref = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+llm = llama_cpp.Llama(model_path=str(TMP / "ours-q8_0.gguf"), n_ctx=512, n_batch=512, logits_all=True, verbose=False, type_k=0, type_v=0)
+bad = [(s, llm.tokenize(s.encode(), add_bos=False, special=True), ref.encode(s, add_special_tokens=False).ids) for s in STRINGS]
+bad = [x for x in bad if x[1] != x[2]]
+report(not bad, "tokenizer", f"{len(STRINGS) - len(bad)}/{len(STRINGS)} strings encoded alike" + (f"; first difference {bad[0]}" if bad else ""))
+
+
+# 4. Logits.
+def pesc_logits(folder, ids):
+    out = TMP / f"logits-{folder.name}.safetensors"
+    subprocess.run([BIN, "logits", str(folder), "--token-ids", ",".join(map(str, ids)), "-o", str(out), "--force"], check=True, capture_output=True)
+    raw = out.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    t = json.loads(raw[8:8 + n])["logits"]
+    start, end = t["data_offsets"]
+    return np.frombuffer(raw[8 + n + start:8 + n + end], dtype=np.float32).reshape(t["shape"])
+
+
+def llama_logits(path, ids):
+    m = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, logits_all=True, verbose=False, type_k=0, type_v=0)
+    m.eval(ids)
+    return np.array(m.scores[:m.n_tokens], dtype=np.float32)
+
+
+def stats(a, b):
+    d = np.abs(a - b)
+    return d.max(), d.mean(), (a.argmax(-1) == b.argmax(-1)).mean()
+
+
+prompt = "<|im_start|>user\nWhat is the capital of France? Answer in one word.<|im_end|>\n<|im_start|>assistant\n"
+ids = ref.encode(prompt, add_special_tokens=False).ids
+reference = pesc_logits(MODEL, ids)
+mx, mean, top1 = stats(llama_logits(TMP / "ours-f32.gguf", ids), reference)
+report(mx <= 1e-3, "logits f32", f"{len(ids)} tokens: max |llama.cpp - pesc-convert| {mx:.3g} (mean {mean:.3g}, top-1 agreement {top1:.2f}, logits up to {np.abs(reference).max():.3g})")
+for to in ["q8_0", "q4_k_m"]:
+    folder = TMP / f"imported-{to}"
+    subprocess.run([BIN, "import-gguf", str(TMP / f"ours-{to}.gguf"), "-o", str(folder)], check=True, capture_output=True)
+    same_weights = pesc_logits(folder, ids)
+    w_max, w_mean, _ = stats(same_weights, reference)
+    mx, mean, top1 = stats(llama_logits(TMP / f"ours-{to}.gguf", ids), same_weights)
+    ok = mx <= 3 * w_max and mean <= 3 * w_mean
+    report(ok, f"logits {to}", f"max |llama.cpp - pesc-convert on the imported export| {mx:.3g} (mean {mean:.3g}, top-1 agreement {top1:.2f}); "
+           f"the weight rounding alone moves pesc-convert's logits by max {w_max:.3g} (mean {w_mean:.3g}); bound 3x")
+
+print(f"{'all passed' if not failed else f'{failed} failed'}")
+sys.exit(1 if failed else 0)
+PY
