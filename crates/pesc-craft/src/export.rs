@@ -575,19 +575,6 @@ impl Drop for Staged {
     }
 }
 
-/// Removes `.NAME.pesc-staging-PID-*` files of processes that no longer run.
-fn remove_stale_staging(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.pesc-staging-");
-    let Ok(entries) = fs::read_dir(parent) else { return };
-    for e in entries.flatten() {
-        let fname = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = fname.strip_prefix(&prefix) else { continue };
-        let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists() {
-            let _ = fs::remove_file(e.path());
-        }
-    }
-}
 
 /// Checks the target: not a symlink or folder, absent unless `force`, not
 /// one of the model's own files, with an existing parent. Returns the parent.
@@ -640,7 +627,7 @@ pub fn export_gguf(
     }
     let total: u64 = plan.iter().filter_map(|t| model.weights.get(&t.source)).map(|t| t.nbytes).sum();
 
-    remove_stale_staging(&parent, &name);
+    pesc_io::remove_stale_staging(&parent, &name);
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let staged = Staged { path: parent.join(format!(".{name}.pesc-staging-{}-{nonce:08x}", std::process::id())), keep: false };
     let io_err = |path: &Path, e: std::io::Error| CraftError::Io(pesc_io::Error::Io { path: path.into(), source: e });

@@ -338,28 +338,12 @@ fn pretty(v: &Value) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// llama.cpp's forward permutation, as its converter applies it.
-    fn permute(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-        let (d, half) = (rows / heads, rows / heads / 2);
-        let mut out = vec![0f32; values.len()];
-        for h in 0..heads {
-            for t in 0..2 {
-                for i in 0..half {
-                    let src = (h * d + t * half + i) * cols;
-                    let dst = (h * d + 2 * i + t) * cols;
-                    out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn unpermute_inverts_the_converters_permutation() {
         let (rows, cols, heads) = (24, 3, 3);
         #[allow(clippy::cast_precision_loss)]
         let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let p = permute(&w, rows, cols, heads);
+        let p = crate::export::permute_rows(&w, rows, cols, heads);
         assert_ne!(p, w);
         // Head 0, rows of the first half land on even rows.
         assert_eq!(&p[cols..2 * cols], &w[4 * cols..5 * cols]);

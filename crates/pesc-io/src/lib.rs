@@ -20,7 +20,7 @@ pub use checkpoint::{confined, read_capped, refuse_pickle_name, Checkpoint, INDE
 pub use error::{Error, Result};
 pub use json::parse_strict;
 pub use output::{
-    check_sha256sums, hash_file, interrupt, interrupted, sort_keys, verify_manifest, write_file_atomic, FileDigest, ManifestCheck, OutputDir, OutputFile, RunRecord,
+    check_sha256sums, hash_file, interrupt, interrupted, remove_stale_staging, sort_keys, verify_manifest, write_file_atomic, FileDigest, ManifestCheck, OutputDir, OutputFile, RunRecord,
     MANIFEST, SHA256SUMS,
 };
 pub use safetensors::{SafetensorsFile, TensorInfo};

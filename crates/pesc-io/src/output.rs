@@ -390,16 +390,18 @@ pub fn sort_keys(v: &Value) -> Value {
     }
 }
 
-/// Removes `.NAME.pesc-staging-PID-*` folders of processes that no longer run.
-fn remove_stale_staging(parent: &Path, name: &str) {
+/// Removes `.NAME.pesc-staging-PID*` folders and files left by processes
+/// that no longer run (a killed run's staging output).
+pub fn remove_stale_staging(parent: &Path, name: &str) {
     let prefix = format!(".{name}.pesc-staging-");
     let Ok(entries) = fs::read_dir(parent) else { return };
     for e in entries.flatten() {
         let fname = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = fname.strip_prefix(&prefix) else { continue };
         let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = fs::remove_dir_all(e.path());
+        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists() {
+            let path = e.path();
+            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
         }
     }
 }
