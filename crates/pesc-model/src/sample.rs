@@ -55,26 +55,6 @@ impl Sampler {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn greedy_takes_the_first_maximum() {
-        assert_eq!(Sampler::new(0.0, 1.0, 0).pick(&[0.1, 3.0, 3.0, -1.0]), 1);
-    }
-
-    #[test]
-    fn top_p_excludes_the_tail_and_the_seed_repeats() {
-        let logits = [5.0, 4.9, -10.0, -10.0];
-        let mut s = Sampler::new(1.0, 0.9, 42);
-        let picks: Vec<u32> = (0..200).map(|_| s.pick(&logits)).collect();
-        assert!(picks.iter().all(|&t| t < 2), "tail token sampled");
-        assert!(picks.contains(&0) && picks.contains(&1));
-        let mut again = Sampler::new(1.0, 0.9, 42);
-        assert_eq!(picks, (0..200).map(|_| again.pick(&logits)).collect::<Vec<_>>());
-    }
-}
 
 /// Generates up to `max_new` tokens after `prompt`, stopping after any of
 /// `stop`; `on_token` sees each new token as it is chosen. Returns them all.
@@ -101,4 +81,25 @@ pub fn generate(
         input = vec![next];
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        assert_eq!(Sampler::new(0.0, 1.0, 0).pick(&[0.1, 3.0, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn top_p_excludes_the_tail_and_the_seed_repeats() {
+        let logits = [5.0, 4.9, -10.0, -10.0];
+        let mut s = Sampler::new(1.0, 0.9, 42);
+        let picks: Vec<u32> = (0..200).map(|_| s.pick(&logits)).collect();
+        assert!(picks.iter().all(|&t| t < 2), "tail token sampled");
+        assert!(picks.contains(&0) && picks.contains(&1));
+        let mut again = Sampler::new(1.0, 0.9, 42);
+        assert_eq!(picks, (0..200).map(|_| again.pick(&logits)).collect::<Vec<_>>());
+    }
 }

@@ -100,22 +100,6 @@ pub fn kl(p: &[f32], q: &[f32]) -> f64 {
     lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kl_is_zero_for_equal_and_positive_otherwise() {
-        assert!(kl(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]).abs() < 1e-12);
-        // Shifting all logits does not change the distribution.
-        assert!(kl(&[1.0, 2.0, 3.0], &[11.0, 12.0, 13.0]).abs() < 1e-12);
-        let d = kl(&[0.0, 0.0], &[0.0, 1.0]);
-        // p = (1/2, 1/2), q = (1/(1+e), e/(1+e)).
-        let e = std::f64::consts::E;
-        let want = 0.5 * (0.5f64 / (1.0 / (1.0 + e))).ln() + 0.5 * (0.5f64 / (e / (1.0 + e))).ln();
-        assert!((d - want).abs() < 1e-9, "{d} vs {want}");
-    }
-}
 
 /// Whether `model` is a PESC model whose adapters' up projections are all
 /// zero (a fresh craft), so that it must equal its dense base exactly.
@@ -142,4 +126,21 @@ pub fn builtin_sequences(vocab: usize, count: usize, len: usize) -> Vec<Vec<u32>
     (0..count)
         .map(|_| (0..len).map(|_| u32::try_from(rng.next_u64() % vocab.max(1) as u64).unwrap_or(0)).collect())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_is_zero_for_equal_and_positive_otherwise() {
+        assert!(kl(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]).abs() < 1e-12);
+        // Shifting all logits does not change the distribution.
+        assert!(kl(&[1.0, 2.0, 3.0], &[11.0, 12.0, 13.0]).abs() < 1e-12);
+        let d = kl(&[0.0, 0.0], &[0.0, 1.0]);
+        // p = (1/2, 1/2), q = (1/(1+e), e/(1+e)).
+        let e = std::f64::consts::E;
+        let want = 0.5 * (0.5f64 / (1.0 / (1.0 + e))).ln() + 0.5 * (0.5f64 / (e / (1.0 + e))).ln();
+        assert!((d - want).abs() < 1e-9, "{d} vs {want}");
+    }
 }
