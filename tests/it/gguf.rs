@@ -248,7 +248,7 @@ fn inspect_json_reports_the_gguf() {
             assert!(keys.contains(&key), "{quant}: {key} not reported");
         }
         assert_eq!(r["metadata"]["llama.embedding_length"], 64);
-        assert_eq!(r["metadata"]["tokenizer.ggml.pre"], "default");
+        assert_eq!(r["metadata"]["tokenizer.ggml.pre"], "gpt-2");
         let types: Vec<&str> = r["tensor_list"].as_array().unwrap().iter().map(|t| t["type"].as_str().unwrap()).collect();
         assert_eq!(types.iter().filter(|t| **t == "F32").count(), 5, "{quant}");
         assert_eq!(types.iter().filter(|t| **t == quant).count(), if quant == "Q8_0" { 15 } else { 14 });
