@@ -75,3 +75,18 @@ pub fn sha256(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap();
     sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| u32::try_from(x.as_u64().unwrap()).unwrap()).collect()
+}
+
+/// The `messages` of `fixtures/models/llama-chat.chat.json` as chat messages.
+pub fn chat_messages(reference: &serde_json::Value) -> Vec<pesc_model::ChatMessage> {
+    reference["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| pesc_model::ChatMessage { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
+        .collect()
+}

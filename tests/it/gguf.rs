@@ -7,7 +7,7 @@ use crate::common::{assert_code, assert_rejects, entries, fixture, run, sha256, 
 use pesc_arch::Model;
 use pesc_gguf::{write_gguf, GgufFile, Metadata, TensorSpec, Value};
 use pesc_io::{Checkpoint, SafetensorsFile};
-use pesc_model::{Cache, ChatMessage, ComputeDType, Runner, TextModel};
+use pesc_model::{Cache, ComputeDType, Runner, TextModel};
 use pesc_tensor::{from_f32, to_f32, DType};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
@@ -56,9 +56,7 @@ fn json(path: &Path) -> Json {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| u32::try_from(x.as_u64().unwrap()).unwrap()).collect()
-}
+use crate::common::ids;
 
 #[test]
 fn imported_tensors_equal_the_gguf_package_dequantization_bit_for_bit() {
@@ -140,12 +138,7 @@ fn imported_tokenizer_and_chat_template_match_the_reference() {
             assert_eq!(text.encode(s).unwrap(), want, "{quant}: {s:?}");
             assert_eq!(text.decode(&want).unwrap(), original.decode(&want).unwrap(), "{quant}: {s:?}");
         }
-        let messages: Vec<ChatMessage> = r["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| ChatMessage { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
-            .collect();
+        let messages = crate::common::chat_messages(&r);
         let prompt = text.apply_chat_template(&messages, true).unwrap();
         assert_eq!(prompt, r["prompt"].as_str().unwrap(), "{quant}");
         assert_eq!(text.encode(&prompt).unwrap(), ids(&r["prompt_ids"]), "{quant}");

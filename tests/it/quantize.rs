@@ -12,7 +12,7 @@ use pesc_arch::ModelConfig;
 use pesc_craft::{plan_tensors, ExportOptions, GgufType};
 use pesc_gguf::{GgmlType, GgufFile, Value};
 use pesc_io::{Checkpoint, SafetensorsFile};
-use pesc_model::{ChatMessage, TextModel};
+use pesc_model::TextModel;
 use pesc_tensor::{to_f32, DType};
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
@@ -507,9 +507,7 @@ fn exports_without_a_vocabulary_hold_the_original_weights() {
     }
 }
 
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| u32::try_from(x.as_u64().unwrap()).unwrap()).collect()
-}
+use crate::common::ids;
 
 #[test]
 fn tokenizer_survives_export_and_import() {
@@ -532,12 +530,7 @@ fn tokenizer_survives_export_and_import() {
             n += 1;
         }
         assert!(n >= 5, "only {n} encodings in the fixture");
-        let messages: Vec<ChatMessage> = r["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| ChatMessage { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
-            .collect();
+        let messages = crate::common::chat_messages(&r);
         let prompt = text.apply_chat_template(&messages, true).unwrap();
         assert_eq!(prompt, r["prompt"].as_str().unwrap(), "{to}");
         assert_eq!(text.encode(&prompt).unwrap(), ids(&r["prompt_ids"]), "{to}");

@@ -11,9 +11,7 @@ fn reference() -> Value {
     serde_json::from_slice(&std::fs::read(fixture("").join("llama-chat.chat.json")).unwrap()).unwrap()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| u32::try_from(x.as_u64().unwrap()).unwrap()).collect()
-}
+use crate::common::ids;
 
 #[test]
 fn tokenization_and_chat_template_match_transformers() {
@@ -23,12 +21,7 @@ fn tokenization_and_chat_template_match_transformers() {
         let s = e["text"].as_str().unwrap();
         assert_eq!(text.encode(s).unwrap(), ids(&e["ids"]), "{s:?}");
     }
-    let messages: Vec<ChatMessage> = r["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| ChatMessage { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
-        .collect();
+    let messages = crate::common::chat_messages(&r);
     let prompt = text.apply_chat_template(&messages, true).unwrap();
     assert_eq!(prompt, r["prompt"].as_str().unwrap());
     assert_eq!(text.encode(&prompt).unwrap(), ids(&r["prompt_ids"]));
