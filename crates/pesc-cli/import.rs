@@ -4,15 +4,15 @@ use crate::cli::ImportGgufArgs;
 use crate::{output, progress};
 use anyhow::Result;
 use pesc_craft::Publish;
-use pesc_gguf::GgufFile;
+use pesc_arch::GgufModel;
 use pesc_io::OutputDir;
 use serde_json::json;
 use std::collections::BTreeMap;
 
 pub fn run(a: &ImportGgufArgs) -> Result<()> {
     crate::stop_cleanly_on_interrupt();
-    let file = GgufFile::open(&a.gguf)?;
-    let import = pesc_craft::Import::prepare(&file, a.dtype.dtype())?;
+    let model = GgufModel::open(&a.gguf)?;
+    let import = pesc_craft::Import::prepare(&model, a.dtype.dtype())?;
     let mut out = OutputDir::create(&a.out.output, a.out.force, &[&a.gguf])?;
     let name = a.gguf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let inputs = BTreeMap::from([("gguf".to_owned(), BTreeMap::from([(name, pesc_io::hash_file(&a.gguf)?)]))]);

@@ -327,8 +327,10 @@ fn import_rejects_another_architecture() {
 }
 
 #[test]
-fn import_rejects_mixture_of_experts() {
-    import_rejects("moe.gguf", &Parts::of_fixture().set("llama.expert_count", 4u32).bytes(), &["mixture-of-experts"]);
+fn import_rejects_experts_the_tensors_do_not_hold() {
+    import_rejects("moe.gguf", &Parts::of_fixture().set("llama.expert_count", 4u32).bytes(), &["llama.expert_used_count", "between 1 and"]);
+    let parts = Parts::of_fixture().set("llama.expert_count", 4u32).set("llama.expert_used_count", 2u32);
+    import_rejects("dense-tensors.gguf", &parts.bytes(), &["blk.0.ffn_down.weight", "not part of a Mixtral `llama` model"]);
 }
 
 #[test]

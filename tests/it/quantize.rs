@@ -574,13 +574,10 @@ fn existing_output_needs_force_and_bad_input_leaves_nothing() {
     assert_rejects(&quantize(&fixture("qwen2-bias"), "q8_0", &fresh, &[]), &["qwen2", "not implemented yet"]);
     assert_rejects(&quantize(&tmp.path().join("missing"), "q8_0", &fresh, &[]), &["missing"]);
 
-    // PESC and Mixtral models, made by craft and upcycle.
-    let pesc = tmp.path().join("pesc");
-    assert_code(&run(["craft", fixture("llama-gqa").to_str().unwrap(), "-o", pesc.to_str().unwrap(), "--experts", "2", "--top-k", "1", "--adapter-dim", "4"]), 0);
-    assert_rejects(&quantize(&pesc, "q8_0", &fresh, &[]), &["PESC llama model", "dense llama and mistral models only"]);
-    let mixtral = tmp.path().join("mixtral");
-    assert_code(&run(["upcycle", fixture("llama-gqa").to_str().unwrap(), "-o", mixtral.to_str().unwrap(), "--experts", "2", "--top-k", "1"]), 0);
-    assert_rejects(&quantize(&mixtral, "q8_0", &fresh, &[]), &["Mixtral model", "not implemented yet"]);
+    // A PESC model on a qwen2 base: no GGUF layout for it.
+    let pesc_qwen = tmp.path().join("pesc-qwen2");
+    assert_code(&run(["craft", fixture("qwen2-bias").to_str().unwrap(), "-o", pesc_qwen.to_str().unwrap(), "--experts", "2", "--top-k", "1", "--adapter-dim", "4"]), 0);
+    assert_rejects(&quantize(&pesc_qwen, "q8_0", &fresh, &[]), &["PESC model on a qwen2 base", "not implemented yet"]);
 
     // An unsupported tokenizer is named, before any output exists.
     let odd = tmp.path().join("odd-tokenizer");
@@ -641,5 +638,94 @@ fn a_model_without_tokenizer_round_trips_through_gguf() {
     let (a, b) = (pesc_io::Checkpoint::open_dir(&crate::common::fixture("llama-gqa")).unwrap(), pesc_io::Checkpoint::open_dir(&back).unwrap());
     for t in a.tensors() {
         assert_eq!(a.read(&t.name).unwrap(), b.read(&t.name).unwrap(), "{}", t.name);
+    }
+}
+
+/// Crafts (PESC, 4 experts) or upcycles (Mixtral, 8 experts) `llama-chat` into `dir/NAME`.
+fn moe_model(dir: &Path, kind: &str) -> PathBuf {
+    let out = dir.join(kind);
+    let base = fixture("llama-chat");
+    let args: Vec<&str> = match kind {
+        "pesc" => vec!["craft", base.to_str().unwrap(), "-o", out.to_str().unwrap(), "--experts", "4", "--top-k", "2", "--adapter-dim", "8"],
+        _ => vec!["upcycle", base.to_str().unwrap(), "-o", out.to_str().unwrap(), "--experts", "8", "--top-k", "2"],
+    };
+    assert_code(&run(args), 0);
+    out
+}
+
+#[test]
+fn moe_exports_stack_the_experts_and_import_back_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    for kind in ["pesc", "mixtral"] {
+        let model = moe_model(tmp.path(), kind);
+        let orig = originals(&model);
+        for to in ["f32", "q8_0"] {
+            let gguf = quantized(tmp.path(), &model, to, &[]);
+            let g = GgufFile::open(&gguf).unwrap();
+            let arch = g.metadata().get_str("general.architecture").unwrap().to_owned();
+            assert_eq!(arch, if kind == "pesc" { "pesc" } else { "llama" });
+            let experts = if kind == "pesc" { 4 } else { 8 };
+            assert_eq!(g.metadata().get_u32(&format!("{arch}.expert_count")).unwrap(), experts);
+            assert_eq!(g.metadata().get_u32(&format!("{arch}.expert_used_count")).unwrap(), 2);
+            let stacked: Vec<&str> = g.tensors().iter().filter(|t| t.name.contains("_exps.")).map(|t| t.name.as_str()).collect();
+            assert_eq!(stacked.len(), if kind == "pesc" { 2 * 2 } else { 3 * 2 }, "{kind}: {stacked:?}");
+            for t in g.tensors() {
+                if t.name.contains("gate_inp") {
+                    assert_eq!(t.ty, GgmlType::F32, "{kind} {to}: router {} is kept F32", t.name);
+                    assert_eq!(t.ne, [64, experts as u64]);
+                }
+                if t.name.contains("_exps.") {
+                    assert_eq!(t.ne[2], experts as u64, "{}", t.name);
+                }
+                if t.name.contains("adapter_") && to == "q8_0" && !t.name.contains("gate_inp") {
+                    assert_eq!(t.ty, GgmlType::F16, "{}: adapters stay 16-bit", t.name);
+                }
+            }
+            let out = tmp.path().join(format!("imported-{kind}-{to}"));
+            assert_code(&run([Path::new("import-gguf"), &gguf, Path::new("-o"), &out]), 0);
+            let f = SafetensorsFile::open(&out.join("model.safetensors")).unwrap();
+            assert_eq!(f.tensors().len(), orig.len(), "{kind} {to}");
+            for t in f.tensors() {
+                let got = to_f32(t.dtype, &f.read(t).unwrap()).unwrap();
+                let (shape, w) = &orig[&t.name];
+                assert_eq!(&t.shape, shape, "{kind} {to}: {}", t.name);
+                // F32 files, norms and routers (kept F32) and the all-zero adapter_up are exact.
+                let router = t.name.ends_with("moe.gate.weight") || t.name.contains("router");
+                let lossless = to == "f32" || t.shape.len() == 1 || router || t.name.contains("adapter_up");
+                if lossless {
+                    assert!(got.iter().map(|x| x.to_bits()).eq(w.iter().map(|x| x.to_bits())), "{kind} {to}: {} differs", t.name);
+                } else {
+                    let max = got.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    let scale = w.iter().map(|x| x.abs()).fold(0f32, f32::max);
+                    assert!(max <= scale / 100.0, "{kind} {to}: {} off by {max} (scale {scale})", t.name);
+                }
+            }
+            let config = config_json(&out);
+            let want = config_json(&model);
+            let keys: &[&str] = if kind == "pesc" { &["model_type", "num_experts", "topk", "adapter_dim", "moe_scaling"] } else { &["model_type", "num_local_experts", "num_experts_per_tok"] };
+            for key in keys {
+                assert_eq!(config[*key], want[*key], "{kind} {to}: config key {key}");
+            }
+        }
+    }
+}
+
+#[test]
+fn eight_expert_mixtral_gets_llama_quantizes_moe_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = moe_model(tmp.path(), "mixtral");
+    for (to, k, v, o) in [("q4_0", GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q4_0), ("q4_k_m", GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q5_1)] {
+        let g = GgufFile::open(quantized(tmp.path(), &model, to, &[])).unwrap();
+        let ty = |name: &str| g.tensor(name).unwrap().ty;
+        for l in 0..2 {
+            // With 8 experts llama-quantize gives attn_k and attn_v Q8_0, and attn_output
+            // Q5_K for Q4_K_M (which rows of 64 turn into Q5_1 by the shape fallback).
+            assert_eq!(ty(&format!("blk.{l}.attn_k.weight")), k, "{to}");
+            assert_eq!(ty(&format!("blk.{l}.attn_v.weight")), v, "{to}");
+            assert_eq!(ty(&format!("blk.{l}.attn_output.weight")), o, "{to}");
+            assert_eq!(ty(&format!("blk.{l}.ffn_gate_inp.weight")), GgmlType::F32, "{to}");
+        }
+        let label = g.metadata().get_str("general.size_label").unwrap();
+        assert!(label.starts_with("8x"), "{label}");
     }
 }

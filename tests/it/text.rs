@@ -110,7 +110,7 @@ fn a_tokenizer_rebuilt_from_gguf_metadata_tokenizes_alike() {
             pair => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
         })
         .collect();
-    let v = pesc_craft::GgufVocab {
+    let v = pesc_arch::GgufVocab {
         model: "gpt2".into(),
         pre: Some("default".into()),
         tokens,
@@ -124,7 +124,7 @@ fn a_tokenizer_rebuilt_from_gguf_metadata_tokenizes_alike() {
         chat_template: Some(std::fs::read_to_string(fixture("llama-chat").join("chat_template.jinja")).unwrap()),
         context_length: Some(256),
     };
-    let (tokenizer, config) = pesc_craft::hf_tokenizer(&v).unwrap();
+    let (tokenizer, config) = pesc_arch::hf_tokenizer(&v).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
     std::fs::write(tmp.path().join("tokenizer_config.json"), config.to_string()).unwrap();

@@ -6,14 +6,19 @@
 //! generations are read: transformers 5's `rope_parameters` and `dtype`, and
 //! the older top-level `rope_theta`, `rope_scaling` and `torch_dtype`.
 //! [`ModelConfig::expected_tensors`] lists every tensor the config implies,
-//! and [`Model::open`] checks a folder's weights against it.
+//! and [`Model::open`] checks a folder's weights against it; [`GgufModel`]
+//! reads a GGUF file as the same kind of model.
 
 mod config;
+mod gguf;
+mod gguf_tokenizer;
 mod model;
 mod names;
 mod summary;
 
 pub use config::{Family, ModelConfig, Moe, PescParams, RopeScaling};
+pub use gguf::{is_gguf_path, unpermute_rows, GgufModel, RawTensor, GGUF_ARCHITECTURES};
+pub use gguf_tokenizer::{hf_tokenizer, GgufVocab};
 pub use model::{ArchError, Model};
 pub use names::{dense_mlp, mixtral_expert, mixtral_gate, pesc_router, ExpertNaming};
 pub use summary::Summary;

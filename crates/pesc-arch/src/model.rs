@@ -68,6 +68,17 @@ pub enum ArchError {
         /// The model kind.
         kind: String,
     },
+    /// A GGUF file could not be read.
+    #[error(transparent)]
+    GgufFile(#[from] pesc_gguf::GgufError),
+    /// A GGUF file's metadata or tensors do not describe a supported model.
+    #[error("`{path}`: {problem}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// A weight is not stored as a float type.
     #[error("`{path}`: tensor `{tensor}` has dtype {dtype}; weights must be F32, F16 or BF16")]
     DType {

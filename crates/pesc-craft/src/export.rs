@@ -1,6 +1,10 @@
-//! `quantize --to f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k|q4_k_m`: a dense
-//! Llama-family folder (`llama`, `mistral`) to one llama.cpp GGUF file
-//! (architecture `llama`), the reverse of [`crate::Import`].
+//! `quantize --to f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k|q4_k_m`: a
+//! Llama-family folder (`llama`, `mistral`; dense, Mixtral or PESC) to one
+//! GGUF file, the reverse of [`crate::Import`]. Dense and Mixtral models
+//! become llama.cpp's architecture `llama` (Mixtral with `llama.expert_count`
+//! and stacked `ffn_*_exps` tensors, as llama.cpp's converter writes them);
+//! PESC models become this project's architecture `pesc` (`docs/format.md`
+//! §8.1): the `llama` layout plus a router and stacked adapters per layer.
 //!
 //! The result is what llama.cpp's own pipeline gives:
 //! `convert_hf_to_gguf.py --outtype f32` followed, for the quantized types,
@@ -46,6 +50,9 @@ use std::path::{Path, PathBuf};
 
 /// `GGML_QNT_VERSION`.
 pub const QUANTIZATION_VERSION: u32 = 2;
+
+/// llama.cpp's `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX` (`{arch}.expert_gating_func`).
+pub const EXPERT_GATING_SOFTMAX: u32 = 1;
 
 /// A GGUF file type `quantize --to` can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -176,6 +183,10 @@ enum Category {
     FfnUp,
     FfnDown,
     Norm,
+    /// A Mixtral or PESC router: F32 always (llama.cpp never quantizes `ffn_gate_inp`).
+    Router,
+    /// PESC adapters: kept 16-bit in quantized files.
+    Adapter,
 }
 
 /// One tensor of the export.
@@ -183,8 +194,9 @@ enum Category {
 pub struct PlannedTensor {
     /// Its GGUF name.
     pub name: String,
-    /// The Hugging Face tensor it comes from.
-    pub source: String,
+    /// The Hugging Face tensors it comes from: one, or the experts stacked
+    /// along the outermost dimension in expert order.
+    pub sources: Vec<String>,
     /// Its ggml type.
     pub ty: GgmlType,
     /// Dimensions in ggml order (`ne[0]` is the row length).
@@ -230,21 +242,9 @@ fn invalid(model: &Path, what: impl std::fmt::Display) -> CraftError {
 /// about settings llama.cpp's `llama` architecture ignores.
 pub fn check_exportable(config: &ModelConfig) -> Result<Vec<String>, CraftError> {
     let dir = config.path.parent().unwrap_or(Path::new("."));
-    let f = config.family.model_type();
-    match &config.moe {
-        Moe::Pesc(_) => {
-            return Err(invalid(
-                dir,
-                format!("is a PESC {f} model; GGUF export supports dense llama and mistral models only (no llama.cpp architecture computes PESC layers)"),
-            ))
-        }
-        Moe::Mixtral { .. } => {
-            return Err(invalid(dir, "is a Mixtral model; GGUF export supports dense llama and mistral models only (Mixtral export is not implemented yet)"))
-        }
-        Moe::Dense => {}
-    }
     if config.family == Family::Qwen2 {
-        return Err(invalid(dir, "is a qwen2 model; GGUF export supports llama and mistral models only (qwen2, llama.cpp architecture `qwen2`, is not implemented yet)"));
+        let what = if matches!(config.moe, Moe::Pesc(_)) { "a PESC model on a qwen2 base" } else { "a qwen2 model" };
+        return Err(invalid(dir, format!("is {what}; GGUF export supports llama and mistral models only (qwen2, llama.cpp architecture `qwen2`, is not implemented yet)")));
     }
     if config.qkv_bias || config.o_bias || config.mlp_bias {
         return Err(invalid(dir, "has attention or MLP biases (`attention_bias`/`mlp_bias`), which GGUF export does not support yet"));
@@ -312,17 +312,22 @@ pub fn shape_fallback(ty: GgmlType, ne0: u64) -> GgmlType {
 struct Shape {
     n_layers: u64,
     tied: bool,
-    /// llama.cpp's `LLM_TYPE_70B` for arch `llama`: 80 layers and grouped-query attention.
+    /// llama.cpp's `n_expert`: the Mixtral expert count, 0 for dense and PESC
+    /// models (whose backbone the rules treat as dense).
+    n_expert: u64,
+    /// llama.cpp's `LLM_TYPE_70B` for arch `llama`: 80 layers, grouped-query
+    /// attention and not 8 experts.
     is_70b: bool,
 }
 
-/// The type of one tensor, as `llama_tensor_get_type` chooses it for a dense
-/// `llama` model without an importance matrix, and the type before the shape
-/// fallback when that changed it.
+/// The type of one tensor, as `llama_tensor_get_type` chooses it without an
+/// importance matrix, and the type before the shape fallback when that
+/// changed it.
 ///
-/// Not quantized (F32): 1-D tensors and norms. For f32/f16/bf16 files every
-/// other tensor has the file's type. For the quantized file types, unless
-/// `pure`, the recipe first adjusts the default type:
+/// Not quantized (F32): 1-D tensors, norms and routers. PESC adapters are
+/// F32 in f32 files, BF16 in bf16 files and F16 otherwise. For f32/f16/bf16
+/// every other tensor has the file's type. For the quantized file types,
+/// unless `pure`, the recipe first adjusts the default type:
 ///
 /// - `output.weight`, and `token_embd.weight` when the embeddings are tied:
 ///   Q8_0 when the row length is not whole blocks of the default type,
@@ -331,16 +336,25 @@ struct Shape {
 /// - `attn_v`: Q4_K_M gives Q6_K to the layers `use_more_bits` picks (the
 ///   first and last eighth of the layers and every third one between,
 ///   counting from n/8); Q4_K_S gives Q5_K to the first four layers. In a
-///   70B model (80 layers, grouped-query attention) a resulting Q4_K or Q3_K
-///   becomes Q5_K.
-/// - `ffn_down`: Q4_K_M gives Q6_K to the `use_more_bits` layers; Q4_K_S
-///   gives Q5_K to the first eighth of the layers.
-/// - q, k, attention output, gate and up keep the default for these types.
+///   70B model a resulting Q4_K or Q3_K becomes Q5_K. With 8 experts, Q8_0.
+/// - `attn_k`: Q8_0 with 8 experts.
+/// - `attn_output`: Q5_K with 8 experts for Q4_K_S and Q4_K_M.
+/// - `ffn_down` (and `ffn_down_exps`): Q4_K_M gives Q6_K to the
+///   `use_more_bits` layers; Q4_K_S gives Q5_K to the first eighth.
+/// - q, gate and up keep the default for these types.
 ///
 /// Then, pure or not, [`shape_fallback`].
 fn tensor_type(to: GgufType, pure: bool, category: Category, layer: u64, ne: &[u64], shape: &Shape) -> (GgmlType, Option<GgmlType>) {
-    if ne.len() < 2 || category == Category::Norm {
+    if ne.len() < 2 || matches!(category, Category::Norm | Category::Router) {
         return (GgmlType::F32, None);
+    }
+    if category == Category::Adapter {
+        let ty = match to {
+            GgufType::F32 => GgmlType::F32,
+            GgufType::BF16 => GgmlType::BF16,
+            _ => GgmlType::F16,
+        };
+        return (ty, None);
     }
     let default = to.default_type();
     if !to.is_quantized() {
@@ -351,6 +365,7 @@ fn tensor_type(to: GgufType, pure: bool, category: Category, layer: u64, ne: &[u
     if !pure {
         let k_s = to == GgufType::Q4_K;
         let k_m = to == GgufType::Q4_K_M;
+        let eight = shape.n_expert == 8;
         match category {
             Category::Output | Category::TokenEmbd if category == Category::Output || shape.tied => {
                 if ne0.checked_rem(default.block_size()) != Some(0) {
@@ -368,7 +383,12 @@ fn tensor_type(to: GgufType, pure: bool, category: Category, layer: u64, ne: &[u
                 if shape.is_70b && matches!(ty, GgmlType::Q3_K | GgmlType::Q4_K) {
                     ty = GgmlType::Q5_K;
                 }
+                if eight {
+                    ty = GgmlType::Q8_0;
+                }
             }
+            Category::AttnK if eight => ty = GgmlType::Q8_0,
+            Category::AttnOutput if eight && (k_s || k_m) => ty = GgmlType::Q5_K,
             Category::FfnDown => {
                 if k_m && use_more_bits(layer, shape.n_layers) {
                     ty = GgmlType::Q6_K;
@@ -390,24 +410,40 @@ fn loader_order(name: &str) -> (i64, &str) {
     (layer, name)
 }
 
+/// The GGUF architecture of an export: `llama` for dense and Mixtral models,
+/// `pesc` for PESC models.
+#[must_use]
+pub fn gguf_architecture(config: &ModelConfig) -> &'static str {
+    match config.moe {
+        Moe::Pesc(_) => "pesc",
+        Moe::Dense | Moe::Mixtral { .. } => "llama",
+    }
+}
+
 /// Every tensor the export writes, in file order, with its type.
 pub fn plan_tensors(config: &ModelConfig, opts: ExportOptions) -> Result<Vec<PlannedTensor>, CraftError> {
     check_exportable(config)?;
     let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
     let (q, kv) = (config.q_dim(), config.kv_dim());
+    let n_expert = match config.moe {
+        Moe::Mixtral { num_experts, .. } => num_experts,
+        Moe::Dense | Moe::Pesc(_) => 0,
+    };
     let shape = Shape {
         n_layers: config.num_layers,
         tied: config.tie_word_embeddings,
-        is_70b: config.num_layers == 80 && config.num_heads != config.num_kv_heads,
+        n_expert,
+        is_70b: n_expert != 8 && config.num_layers == 80 && config.num_heads != config.num_kv_heads,
     };
-    // (gguf name, hf name, category, layer, ggml ne, permute heads)
-    type Row = (String, String, Category, u64, Vec<u64>, Option<u64>);
+    // (gguf name, hf names, category, layer, ggml ne, permute heads)
+    type Row = (String, Vec<String>, Category, u64, Vec<u64>, Option<u64>);
+    let one = |s: &str| vec![s.to_owned()];
     let mut raw: Vec<Row> = vec![
-        ("token_embd.weight".into(), "model.embed_tokens.weight".into(), Category::TokenEmbd, 0, vec![h, v], None),
-        ("output_norm.weight".into(), "model.norm.weight".into(), Category::Norm, 0, vec![h], None),
+        ("token_embd.weight".into(), one("model.embed_tokens.weight"), Category::TokenEmbd, 0, vec![h, v], None),
+        ("output_norm.weight".into(), one("model.norm.weight"), Category::Norm, 0, vec![h], None),
     ];
     if !config.tie_word_embeddings {
-        raw.push(("output.weight".into(), "lm_head.weight".into(), Category::Output, 0, vec![h, v], None));
+        raw.push(("output.weight".into(), one("lm_head.weight"), Category::Output, 0, vec![h, v], None));
     }
     for l in 0..config.num_layers {
         for (g, hf, cat) in LAYER_TENSORS {
@@ -420,15 +456,44 @@ pub fn plan_tensors(config: &ModelConfig, opts: ExportOptions) -> Result<Vec<Pla
                 Category::FfnGate | Category::FfnUp => (vec![h, i], None),
                 _ => (vec![i, h], None),
             };
-            raw.push((format!("blk.{l}.{g}"), format!("model.layers.{l}.{hf}"), cat, l, ne, permute));
+            let is_ffn = matches!(cat, Category::FfnGate | Category::FfnUp | Category::FfnDown);
+            if let (true, Moe::Mixtral { num_experts, .. }) = (is_ffn, &config.moe) {
+                // w1 = gate, w2 = down, w3 = up, stacked: ne gains the expert count.
+                let (stem, w) = match cat {
+                    Category::FfnGate => ("ffn_gate_exps.weight", "w1"),
+                    Category::FfnUp => ("ffn_up_exps.weight", "w3"),
+                    _ => ("ffn_down_exps.weight", "w2"),
+                };
+                let sources = (0..*num_experts).map(|j| pesc_arch::mixtral_expert(l, j, w)).collect();
+                let mut ne = ne;
+                ne.push(*num_experts);
+                raw.push((format!("blk.{l}.{stem}"), sources, cat, l, ne, None));
+                continue;
+            }
+            raw.push((format!("blk.{l}.{g}"), vec![format!("model.layers.{l}.{hf}")], cat, l, ne, permute));
+        }
+        match &config.moe {
+            Moe::Mixtral { num_experts, .. } => {
+                raw.push((format!("blk.{l}.ffn_gate_inp.weight"), vec![pesc_arch::mixtral_gate(l)], Category::Router, l, vec![h, *num_experts], None));
+            }
+            Moe::Pesc(p) => {
+                let n = pesc_arch::ExpertNaming::Camelidae;
+                let (e, a) = (p.num_experts, p.adapter_dim);
+                raw.push((format!("blk.{l}.ffn_adapter_gate_inp.weight"), vec![pesc_arch::pesc_router(l)], Category::Router, l, vec![h, e], None));
+                let down = (0..e).map(|j| n.adapter(l, j, "down")).collect();
+                raw.push((format!("blk.{l}.ffn_adapter_down_exps.weight"), down, Category::Adapter, l, vec![h, a, e], None));
+                let up = (0..e).map(|j| n.adapter(l, j, "up")).collect();
+                raw.push((format!("blk.{l}.ffn_adapter_up_exps.weight"), up, Category::Adapter, l, vec![a, h, e], None));
+            }
+            Moe::Dense => {}
         }
     }
     raw.sort_by(|a, b| loader_order(&a.0).cmp(&loader_order(&b.0)));
     Ok(raw
         .into_iter()
-        .map(|(name, source, cat, layer, ne, permute_heads)| {
+        .map(|(name, sources, cat, layer, ne, permute_heads)| {
             let (ty, fallback_from) = tensor_type(opts.to, opts.pure, cat, layer, &ne, &shape);
-            PlannedTensor { name, source, ty, ne, permute_heads, fallback_from }
+            PlannedTensor { name, sources, ty, ne, permute_heads, fallback_from }
         })
         .collect())
 }
@@ -465,10 +530,34 @@ fn f32_of(v: f64) -> Value {
     Value::F32(v as f32)
 }
 
-/// gguf-py's `size_label` for a dense model: the parameter count in K, M, B
-/// or T with at least two significant digits (`95K`, `135M`, `1.2B`).
+/// gguf-py's `size_label`: the parameter count in K, M, B or T with at
+/// least two significant digits (`95K`, `135M`, `1.2B`); for a model with
+/// stacked expert tensors (`_exps.` in the name) `{experts}x{shared + one
+/// expert's parameters}` (`8x7.2M`).
 #[must_use]
-pub fn size_label(params: u64) -> String {
+pub fn size_label(tensors: &[PlannedTensor]) -> String {
+    let (mut total, mut shared, mut expert, mut expert_sum, mut n_expert_tensors) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for t in tensors {
+        let size: u64 = t.ne.iter().product();
+        total += size;
+        match t.ne.get(2) {
+            Some(&count) if t.name.contains("_exps.") && count > 0 => {
+                expert += size / count;
+                expert_sum += count;
+                n_expert_tensors += 1;
+            }
+            _ => shared += size,
+        }
+    }
+    if n_expert_tensors > 0 {
+        format!("{}x{}", expert_sum / n_expert_tensors, rounded_count(shared + expert))
+    } else {
+        rounded_count(total)
+    }
+}
+
+/// gguf-py's `model_weight_count_rounded_notation` with two digits.
+fn rounded_count(params: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
     let n = params as f64;
     let (scaled, suffix) = if n > 1e12 {
@@ -491,38 +580,53 @@ pub fn size_label(params: u64) -> String {
 pub fn export_metadata(model: &Model, opts: ExportOptions) -> Result<(Metadata, VocabKind), CraftError> {
     let c = &model.config;
     let dir = &model.dir;
+    let arch = gguf_architecture(c);
     let name = fs::canonicalize(dir)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
     let mut md = Metadata::new();
     let mut push = |key: &str, value: Value| md.push(key, value).map_err(|e| invalid(dir, format!("metadata: {e}")));
-    push("general.architecture", "llama".into())?;
+    let k = |name: &str| format!("{arch}.{name}");
+    push("general.architecture", arch.into())?;
     push("general.type", "model".into())?;
     push("general.name", name.into())?;
-    let params: u64 = plan_tensors(c, opts)?.iter().map(|t| t.ne.iter().product::<u64>()).sum();
-    push("general.size_label", size_label(params).into())?;
-    push("llama.block_count", u32_of(dir, "num_hidden_layers", c.num_layers)?)?;
+    push("general.size_label", size_label(&plan_tensors(c, opts)?).into())?;
+    push(&k("block_count"), u32_of(dir, "num_hidden_layers", c.num_layers)?)?;
     if let Some(ctx) = c.max_position_embeddings {
-        push("llama.context_length", u32_of(dir, "max_position_embeddings", ctx)?)?;
+        push(&k("context_length"), u32_of(dir, "max_position_embeddings", ctx)?)?;
     }
-    push("llama.embedding_length", u32_of(dir, "hidden_size", c.hidden_size)?)?;
-    push("llama.feed_forward_length", u32_of(dir, "intermediate_size", c.intermediate_size)?)?;
-    push("llama.attention.head_count", u32_of(dir, "num_attention_heads", c.num_heads)?)?;
-    push("llama.attention.head_count_kv", u32_of(dir, "num_key_value_heads", c.num_kv_heads)?)?;
+    push(&k("embedding_length"), u32_of(dir, "hidden_size", c.hidden_size)?)?;
+    push(&k("feed_forward_length"), u32_of(dir, "intermediate_size", c.intermediate_size)?)?;
+    push(&k("attention.head_count"), u32_of(dir, "num_attention_heads", c.num_heads)?)?;
+    push(&k("attention.head_count_kv"), u32_of(dir, "num_key_value_heads", c.num_kv_heads)?)?;
     if let RopeScaling::Linear { factor } = c.rope_scaling {
-        push("llama.rope.scaling.type", "linear".into())?;
-        push("llama.rope.scaling.factor", f32_of(factor))?;
+        push(&k("rope.scaling.type"), "linear".into())?;
+        push(&k("rope.scaling.factor"), f32_of(factor))?;
     }
-    push("llama.rope.freq_base", f32_of(c.rope_theta))?;
-    push("llama.attention.layer_norm_rms_epsilon", f32_of(c.rms_norm_eps))?;
+    push(&k("rope.freq_base"), f32_of(c.rope_theta))?;
+    push(&k("attention.layer_norm_rms_epsilon"), f32_of(c.rms_norm_eps))?;
+    match &c.moe {
+        Moe::Mixtral { num_experts, top_k } => {
+            push(&k("expert_count"), u32_of(dir, "num_local_experts", *num_experts)?)?;
+            push(&k("expert_used_count"), u32_of(dir, "num_experts_per_tok", *top_k)?)?;
+        }
+        Moe::Pesc(p) => {
+            push(&k("expert_count"), u32_of(dir, "num_experts", p.num_experts)?)?;
+            push(&k("expert_used_count"), u32_of(dir, "topk", p.top_k)?)?;
+            push(&k("expert_gating_func"), Value::U32(EXPERT_GATING_SOFTMAX))?;
+            push(&k("adapter_dim"), u32_of(dir, "adapter_dim", p.adapter_dim)?)?;
+            push(&k("adapter_scale"), f32_of(p.scaling))?;
+        }
+        Moe::Dense => {}
+    }
     if c.raw.get("head_dim").is_some_and(|v| !v.is_null()) {
-        push("llama.attention.key_length", u32_of(dir, "head_dim", c.head_dim)?)?;
-        push("llama.attention.value_length", u32_of(dir, "head_dim", c.head_dim)?)?;
+        push(&k("attention.key_length"), u32_of(dir, "head_dim", c.head_dim)?)?;
+        push(&k("attention.value_length"), u32_of(dir, "head_dim", c.head_dim)?)?;
     }
     push("general.file_type", Value::U32(opts.to.file_type()))?;
-    push("llama.vocab_size", u32_of(dir, "vocab_size", c.vocab_size)?)?;
-    push("llama.rope.dimension_count", u32_of(dir, "head_dim", c.head_dim)?)?;
+    push(&k("vocab_size"), u32_of(dir, "vocab_size", c.vocab_size)?)?;
+    push(&k("rope.dimension_count"), u32_of(dir, "head_dim", c.head_dim)?)?;
     push("general.quantization_version", Value::U32(QUANTIZATION_VERSION))?;
     let (vocab, kind) = gguf_vocab(dir, c)?;
     for (k, v) in vocab {
@@ -621,11 +725,13 @@ pub fn export_gguf(
     let (metadata, vocab) = export_metadata(model, opts)?;
     let (parent, name) = check_target(target, force, model)?;
     for t in &plan {
-        if model.weights.get(&t.source).is_none() {
-            return Err(invalid(&model.dir, format!("tensor `{}` is missing", t.source)));
+        for src in &t.sources {
+            if model.weights.get(&model.stored_name(src)).is_none() {
+                return Err(invalid(&model.dir, format!("tensor `{}` is missing", model.stored_name(src))));
+            }
         }
     }
-    let total: u64 = plan.iter().filter_map(|t| model.weights.get(&t.source)).map(|t| t.nbytes).sum();
+    let total: u64 = plan.iter().flat_map(|t| &t.sources).filter_map(|s| model.weights.get(&model.stored_name(s))).map(|t| t.nbytes).sum();
 
     pesc_io::remove_stale_staging(&parent, &name);
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -644,19 +750,24 @@ pub fn export_gguf(
         if pesc_io::interrupted() {
             return Err(CraftError::Io(pesc_io::Error::Interrupted));
         }
-        let info = model.weights.get(&t.source).ok_or_else(|| invalid(&model.dir, format!("tensor `{}` is missing", t.source)))?;
-        let values = pesc_tensor::to_f32(info.dtype, &model.weights.read(&t.source)?)
-            .ok_or_else(|| invalid(&model.dir, format!("tensor `{}` has dtype {}, not a float type", t.source, info.dtype)))?;
         let cols = usize::try_from(t.ne[0]).unwrap_or(usize::MAX);
-        let rows = values.len() / cols.max(1);
-        let values = match t.permute_heads {
-            Some(heads) => permute_rows(&values, rows, cols, usize::try_from(heads).unwrap_or(1)),
-            None => values,
-        };
-        let bytes = encode(t.ty, &values, cols, &t.source)?;
-        drop(values);
+        let mut bytes = Vec::new();
+        // Stacked experts: each expert's rows are whole blocks, so encoding
+        // expert by expert and concatenating equals encoding the stack.
+        for src in &t.sources {
+            let stored = model.stored_name(src);
+            let info = model.weights.get(&stored).ok_or_else(|| invalid(&model.dir, format!("tensor `{stored}` is missing")))?;
+            let values = pesc_tensor::to_f32(info.dtype, &model.weights.read(&stored)?)
+                .ok_or_else(|| invalid(&model.dir, format!("tensor `{stored}` has dtype {}, not a float type", info.dtype)))?;
+            let rows = values.len() / cols.max(1);
+            let values = match t.permute_heads {
+                Some(heads) => permute_rows(&values, rows, cols, usize::try_from(heads).unwrap_or(1)),
+                None => values,
+            };
+            bytes.extend_from_slice(&encode(t.ty, &values, cols, &stored)?);
+            done += info.nbytes;
+        }
         w.write_tensor(&t.name, &bytes).map_err(gguf_err)?;
-        done += info.nbytes;
         progress(done, total);
     }
     let out = w.finish().map_err(gguf_err)?;
@@ -695,12 +806,22 @@ mod tests {
 
     #[test]
     fn size_labels_match_gguf_py() {
-        assert_eq!(size_label(94_528), "95K");
-        assert_eq!(size_label(134_515_008), "135M");
-        assert_eq!(size_label(1_235_814_400), "1.2B");
-        assert_eq!(size_label(8_030_261_248), "8.0B");
-        assert_eq!(size_label(400), "0.40K");
-        assert_eq!(size_label(70_553_706_496), "71B");
+        assert_eq!(rounded_count(94_528), "95K");
+        assert_eq!(rounded_count(134_515_008), "135M");
+        assert_eq!(rounded_count(1_235_814_400), "1.2B");
+        assert_eq!(rounded_count(8_030_261_248), "8.0B");
+        assert_eq!(rounded_count(400), "0.40K");
+        assert_eq!(rounded_count(70_553_706_496), "71B");
+        let t = |name: &str, ne: &[u64]| PlannedTensor { name: name.into(), sources: vec![], ty: GgmlType::F32, ne: ne.to_vec(), permute_heads: None, fallback_from: None };
+        // Mixtral-8x7B's shapes: 1.6B shared, 3 x 4096 x 14336 per expert and layer.
+        let mut mixtral = vec![t("token_embd.weight", &[4096, 32000]), t("output.weight", &[4096, 32000])];
+        for l in 0..32 {
+            mixtral.push(t(&format!("blk.{l}.attn_q.weight"), &[4096, 4096 * 3]));
+            for w in ["gate", "up", "down"] {
+                mixtral.push(t(&format!("blk.{l}.ffn_{w}_exps.weight"), &[4096, 14336, 8]));
+            }
+        }
+        assert_eq!(size_label(&mixtral), "8x7.5B");
     }
 
     #[test]

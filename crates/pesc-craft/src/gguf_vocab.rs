@@ -2,7 +2,7 @@
 //! llama.cpp's converter (`convert_hf_to_gguf.py`, vendored in
 //! llama-cpp-python 0.3.36: `conversion/base.py::get_vocab_base` and
 //! `_set_vocab_gpt2`, gguf-py's `SpecialVocab`) writes it. The reverse of
-//! [`crate::hf_tokenizer`].
+//! [`pesc_arch::hf_tokenizer`].
 //!
 //! Supported: byte-level BPE in `tokenizer.json` (`tokenizer.ggml.model =
 //! gpt2`). The converter names the pre-tokenizer by hashing the token ids of

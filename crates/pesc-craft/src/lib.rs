@@ -11,7 +11,6 @@ mod card;
 mod craft;
 mod export;
 mod folder;
-mod gguf_tokenizer;
 mod gguf_vocab;
 mod import;
 mod init;
@@ -24,7 +23,6 @@ pub use export::{
     check_exportable, export_gguf, export_metadata, permute_rows, plan_tensors, shape_fallback, size_label, ExportOptions, ExportSummary, GgufType, PlannedTensor,
     QUANTIZATION_VERSION,
 };
-pub use gguf_tokenizer::{hf_tokenizer, GgufVocab};
 pub use gguf_vocab::{gguf_vocab, VocabKind};
 pub use import::Import;
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};

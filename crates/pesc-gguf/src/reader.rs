@@ -204,6 +204,20 @@ impl GgufFile {
         Ok(buf)
     }
 
+    /// Reads `len` bytes of a tensor starting `start` bytes into its data (a
+    /// stacked expert's slice, say); the range must lie within the tensor.
+    pub fn read_part(&self, t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>> {
+        self.check_own(t)?;
+        let end = start.checked_add(len).filter(|&e| e <= t.nbytes).ok_or(GgufError::TensorBytes {
+            tensor: t.name.clone(),
+            expected: t.nbytes,
+            actual: start.saturating_add(len),
+        })?;
+        let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        self.file.read_exact_at(&mut buf, t.data_offset + start).map_err(|e| self.read_error(t, e))?;
+        Ok(buf)
+    }
+
     /// Streams a tensor's bytes into `out` in chunks of at most 8 MiB.
     pub fn copy_to(&self, t: &TensorInfo, out: &mut dyn Write) -> Result<()> {
         const COPY_CHUNK: u64 = 8 << 20;

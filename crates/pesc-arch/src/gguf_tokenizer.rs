@@ -7,7 +7,6 @@
 //! token types 3 (control) and 4 (user-defined) become added tokens, special
 //! and not, as llama.cpp treats them.
 
-use crate::CraftError;
 use serde_json::{json, Value};
 
 /// The GPT-2 split, as byte-level BPE applies it with `use_regex`.
@@ -42,7 +41,7 @@ pub struct GgufVocab {
     pub context_length: Option<u64>,
 }
 
-fn pre_tokenizer(pre: &str) -> Result<Value, CraftError> {
+fn pre_tokenizer(pre: &str) -> Result<Value, String> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |regex: &str| {
         json!({"type": "Sequence", "pretokenizers": [
@@ -60,32 +59,32 @@ fn pre_tokenizer(pre: &str) -> Result<Value, CraftError> {
         "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" => split(LLAMA3_SPLIT),
         "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT),
         other => {
-            return Err(CraftError::Invalid(format!(
+            return Err(format!(
                 "tokenizer.ggml.pre `{other}` is not supported (known: default, gpt2, smollm, starcoder, llama3/llama-bpe, qwen2)"
-            )))
+            ))
         }
     })
 }
 
 /// Builds `(tokenizer.json, tokenizer_config.json)`.
-pub fn hf_tokenizer(v: &GgufVocab) -> Result<(Value, Value), CraftError> {
+pub fn hf_tokenizer(v: &GgufVocab) -> Result<(Value, Value), String> {
     if v.model != "gpt2" {
-        return Err(CraftError::Invalid(format!(
+        return Err(format!(
             "tokenizer.ggml.model `{}` is not supported for import (only byte-level BPE, `gpt2`)",
             v.model
-        )));
+        ));
     }
     if !v.token_types.is_empty() && v.token_types.len() != v.tokens.len() {
-        return Err(CraftError::Invalid(format!(
+        return Err(format!(
             "tokenizer.ggml.token_type has {} entries for {} tokens",
             v.token_types.len(),
             v.tokens.len()
-        )));
+        ));
     }
     let mut vocab = serde_json::Map::new();
     for (i, t) in v.tokens.iter().enumerate() {
         if vocab.insert(t.clone(), json!(i)).is_some() {
-            return Err(CraftError::Invalid(format!("tokenizer.ggml.tokens holds `{t}` twice")));
+            return Err(format!("tokenizer.ggml.tokens holds `{t}` twice"));
         }
     }
     let added: Vec<Value> = v
@@ -100,10 +99,10 @@ pub fn hf_tokenizer(v: &GgufVocab) -> Result<(Value, Value), CraftError> {
         .collect();
     for (key, id) in [("bos_token_id", v.bos), ("eos_token_id", v.eos), ("unknown_token_id", v.unk), ("padding_token_id", v.pad)] {
         if let Some(id) = id.filter(|&i| i as usize >= v.tokens.len()) {
-            return Err(CraftError::Invalid(format!(
+            return Err(format!(
                 "tokenizer.ggml.{key} {id} is outside the vocabulary of {} tokens",
                 v.tokens.len()
-            )));
+            ));
         }
     }
     let name = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize)).cloned();
