@@ -1,14 +1,13 @@
-//! `pesc-convert logits MODEL --token-ids 1,2,3 -o FILE.safetensors`.
+//! `pesc-convert logits MODEL|FILE.gguf --token-ids 1,2,3 -o FILE.safetensors`.
 
 use crate::cli::LogitsArgs;
 use crate::output;
 use anyhow::Result;
-use pesc_arch::Model;
-use pesc_model::{Cache, Runner};
+use pesc_model::{Cache, Runner, Weights};
 use pesc_tensor::DType;
 
 pub fn run(a: &LogitsArgs) -> Result<()> {
-    let model = Model::open(&a.model)?;
+    let model = Weights::open(&a.model)?;
     let runner = Runner::load(&model, a.dtype.dtype(), &a.device.device()?)?;
     let out = runner.forward(&a.token_ids.0, &mut Cache::default())?;
     let (t, v) = out.logits.dims2()?;

@@ -1,10 +1,9 @@
-//! `pesc-convert run MODEL --prompt TEXT`.
+//! `pesc-convert run MODEL|FILE.gguf --prompt TEXT`.
 
 use crate::cli::RunArgs;
 use crate::output;
 use anyhow::{bail, Result};
-use pesc_arch::Model;
-use pesc_model::{ChatMessage, Runner, Sampler, TextModel};
+use pesc_model::{ChatMessage, Runner, Sampler, Weights};
 use std::io::Write;
 
 pub fn run(a: &RunArgs) -> Result<()> {
@@ -14,8 +13,8 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) || !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--temperature must be a finite number >= 0 and --top-p in (0, 1]");
     }
-    let model = Model::open(&a.model)?;
-    let text = TextModel::load(&a.model)?;
+    let model = Weights::open(&a.model)?;
+    let text = model.text()?;
     let prompt = if a.raw || !text.has_chat_template() {
         if !a.raw {
             output::warn("the model has no chat template; using the prompt as plain text");

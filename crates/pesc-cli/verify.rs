@@ -3,8 +3,7 @@
 use crate::cli::VerifyArgs;
 use crate::{output, CheckFailed};
 use anyhow::{bail, Result};
-use pesc_arch::Model;
-use pesc_model::{Runner, TextModel};
+use pesc_model::{Runner, Weights};
 use serde_json::json;
 
 pub fn run(a: &VerifyArgs) -> Result<()> {
@@ -15,20 +14,17 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
             }
         }
     }
-    let cand = Model::open(&a.candidate)?;
-    let refr = Model::open(&a.against)?;
-    let (cv, rv) = (cand.config.vocab_size, refr.config.vocab_size);
+    let cand = Weights::open(&a.candidate)?;
+    let refr = Weights::open(&a.against)?;
+    let (cv, rv) = (cand.config().vocab_size, refr.config().vocab_size);
     if cv != rv {
         bail!("the candidate's vocabulary ({cv} tokens) differs from the reference's ({rv}); they cannot be compared");
     }
-    let tok = |m: &Model| std::fs::read(m.dir.join("tokenizer.json")).ok();
-    if let (Some(x), Some(y)) = (tok(&cand), tok(&refr)) {
-        if x != y {
-            bail!("the candidate's `tokenizer.json` differs from the reference's; they cannot be compared");
-        }
+    if cand.has_tokenizer() && refr.has_tokenizer() && !cand.text()?.same_vocabulary(&refr.text()?) {
+        bail!("the candidate's tokenizer maps tokens to other ids than the reference's; they cannot be compared");
     }
     let sequences = inputs(a, &refr)?;
-    let exact = pesc_verify::has_zero_adapters(&cand)? && matches!(refr.config.moe, pesc_arch::Moe::Dense);
+    let exact = pesc_verify::has_zero_adapters(&cand)? && matches!(refr.config().moe, pesc_arch::Moe::Dense) && same_storage(&cand, &refr);
     let device = a.device.device()?;
     let c = pesc_verify::compare(
         &Runner::load(&cand, a.dtype.dtype(), &device)?,
@@ -91,6 +87,17 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether the reference's tensors are stored alike in the candidate (two
+/// folders, or two GGUF files with the same type for every tensor of the
+/// reference), so that a PESC model with zero adapters must equal it exactly.
+fn same_storage(cand: &Weights, refr: &Weights) -> bool {
+    match (cand, refr) {
+        (Weights::Folder(_), Weights::Folder(_)) => true,
+        (Weights::Gguf(c), Weights::Gguf(r)) => r.tensors().all(|(name, _)| c.stored(name).map(|t| t.ty) == r.stored(name).map(|t| t.ty)),
+        _ => false,
+    }
+}
+
 /// Prompts covering general text, arithmetic and code, as the paper's domains.
 const BUILTIN_PROMPTS: [&str; 4] = [
     "The capital of France is Paris, and the capital of Japan is",
@@ -100,11 +107,11 @@ const BUILTIN_PROMPTS: [&str; 4] = [
 ];
 
 /// The sequences to compare: `--token-ids`, `--prompts`, or the built-in set.
-fn inputs(a: &VerifyArgs, reference: &Model) -> Result<Vec<Vec<u32>>> {
+fn inputs(a: &VerifyArgs, reference: &Weights) -> Result<Vec<Vec<u32>>> {
     if !a.token_ids.is_empty() {
         return Ok(a.token_ids.iter().map(|t| t.0.clone()).collect());
     }
-    let has_tokenizer = reference.dir.join("tokenizer.json").is_file();
+    let has_tokenizer = reference.has_tokenizer();
     let prompts: Vec<String> = match &a.prompts {
         Some(path) => {
             let bytes = pesc_io::read_capped(path, 16 << 20)?;
@@ -119,8 +126,8 @@ fn inputs(a: &VerifyArgs, reference: &Model) -> Result<Vec<Vec<u32>>> {
             lines
         }
         None if has_tokenizer => BUILTIN_PROMPTS.iter().map(|s| (*s).to_owned()).collect(),
-        None => return Ok(pesc_verify::builtin_sequences(usize::try_from(reference.config.vocab_size).unwrap_or(0), 4, 24)),
+        None => return Ok(pesc_verify::builtin_sequences(usize::try_from(reference.config().vocab_size).unwrap_or(0), 4, 24)),
     };
-    let text = TextModel::load(&reference.dir)?;
+    let text = reference.text()?;
     prompts.iter().map(|p| Ok(text.encode(p)?)).collect()
 }

@@ -4,7 +4,6 @@
 //! of them built here with `pesc_gguf`'s writer.
 
 use crate::common::{assert_code, assert_rejects, entries, fixture, run, sha256, stdout};
-use pesc_arch::Model;
 use pesc_gguf::{write_gguf, GgufFile, Metadata, TensorSpec, Value};
 use pesc_io::{Checkpoint, SafetensorsFile};
 use pesc_model::{Cache, ComputeDType, Runner, TextModel};
@@ -163,7 +162,7 @@ fn imported_logits_stay_close_to_the_f32_original() {
     let (ids, want) = reference_logits();
     for (quant, atol) in [("Q8_0", Q8_0_LOGITS_ATOL), ("Q4_1", Q4_1_LOGITS_ATOL)] {
         let out = imported(tmp.path(), quant, &[]);
-        let model = Model::open(&out).unwrap();
+        let model = pesc_model::Weights::open(&out).unwrap();
         let runner = Runner::load(&model, ComputeDType::F32, &candle_core::Device::Cpu).unwrap();
         let got: Vec<f32> = runner.forward(&ids, &mut Cache::default()).unwrap().logits.to_vec2::<f32>().unwrap().concat();
         assert_eq!(got.len(), want.len());

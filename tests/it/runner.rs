@@ -2,7 +2,6 @@
 //! and `verify` (exactness of fresh crafts, tolerance, bad input).
 
 use crate::common::{assert_code, assert_rejects, copy_dir, fixture, run, stderr, stdout};
-use pesc_arch::Model;
 use pesc_model::{Cache, ComputeDType, Runner};
 use pesc_tensor::{from_f32, to_f32, DType};
 use serde_json::Value;
@@ -50,7 +49,7 @@ fn logits_match_transformers_on_every_fixture() {
 #[test]
 fn kv_cache_decoding_equals_the_full_forward() {
     for name in ["llama-gqa", "qwen2-bias"] {
-        let model = Model::open(&fixture(name)).unwrap();
+        let model = pesc_model::Weights::open(&fixture(name)).unwrap();
         let runner = Runner::load(&model, ComputeDType::F32, &candle_core::Device::Cpu).unwrap();
         let (ids, want) = reference(name);
         let mut cache = Cache::default();
@@ -66,7 +65,7 @@ fn kv_cache_decoding_equals_the_full_forward() {
 
 #[test]
 fn bf16_compute_stays_close_to_f32() {
-    let model = Model::open(&fixture("llama-sharded")).unwrap();
+    let model = pesc_model::Weights::open(&fixture("llama-sharded")).unwrap();
     let (ids, want) = reference("llama-sharded");
     let runner = Runner::load(&model, ComputeDType::BF16, &candle_core::Device::Cpu).unwrap();
     let got = runner.forward(&ids, &mut Cache::default()).unwrap().logits.to_vec2::<f32>().unwrap();
@@ -151,7 +150,7 @@ fn the_upcycled_model_verifies_within_tolerance() {
     assert!(r["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{r}");
     assert_eq!(r["candidate"], "Mixtral");
     let (ids, want) = reference("mistral");
-    let model = Model::open(&out).unwrap();
+    let model = pesc_model::Weights::open(&out).unwrap();
     let got = Runner::load(&model, ComputeDType::F32, &candle_core::Device::Cpu).unwrap().forward(&ids, &mut Cache::default()).unwrap();
     assert!(max_diff(&got.logits.to_vec2::<f32>().unwrap(), &want) <= 1e-4);
 }

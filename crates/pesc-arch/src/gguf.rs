@@ -65,7 +65,7 @@ fn invalid(path: &Path, problem: impl Into<String>) -> ArchError {
 }
 
 fn meta(file: &GgufFile, e: MetadataError) -> ArchError {
-    ArchError::GgufFile(file.metadata_error(e))
+    ArchError::from(file.metadata_error(e))
 }
 
 /// The hyperparameters read from `{arch}.*`.
@@ -222,8 +222,8 @@ impl GgufModel {
     /// Opens `path` and checks the architecture, metadata, tokenizer and
     /// every tensor's name and shape against the config the metadata implies.
     pub fn open(path: &Path) -> Result<Self, ArchError> {
-        let file = GgufFile::open(path).map_err(ArchError::GgufFile)?;
-        let arch = file.get_str("general.architecture").map_err(ArchError::GgufFile)?.to_owned();
+        let file = GgufFile::open(path).map_err(ArchError::from)?;
+        let arch = file.get_str("general.architecture").map_err(ArchError::from)?.to_owned();
         if !GGUF_ARCHITECTURES.contains(&arch.as_str()) {
             return Err(invalid(
                 path,
@@ -345,7 +345,7 @@ impl GgufModel {
             Some(j) => self.file.read_part(t, j * len, len),
             None => self.file.read(t),
         }
-        .map_err(ArchError::GgufFile)?;
+        .map_err(ArchError::from)?;
         let bytes = match s.permute_heads {
             Some(heads) => unpermute_rows(&bytes, usize::try_from(rows).unwrap_or(0), usize::try_from(row_bytes).unwrap_or(0), usize::try_from(heads).unwrap_or(1)),
             None => bytes,

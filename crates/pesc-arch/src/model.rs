@@ -70,7 +70,7 @@ pub enum ArchError {
     },
     /// A GGUF file could not be read.
     #[error(transparent)]
-    GgufFile(#[from] pesc_gguf::GgufError),
+    GgufFile(Box<pesc_gguf::GgufError>),
     /// A GGUF file's metadata or tensors do not describe a supported model.
     #[error("`{path}`: {problem}")]
     Gguf {
@@ -89,6 +89,12 @@ pub enum ArchError {
         /// Its dtype.
         dtype: pesc_tensor::DType,
     },
+}
+
+impl From<pesc_gguf::GgufError> for ArchError {
+    fn from(e: pesc_gguf::GgufError) -> Self {
+        ArchError::GgufFile(Box::new(e))
+    }
 }
 
 /// A model folder whose config and weights agree.

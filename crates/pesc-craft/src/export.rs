@@ -549,10 +549,9 @@ pub fn size_label(tensors: &[PlannedTensor]) -> String {
             _ => shared += size,
         }
     }
-    if n_expert_tensors > 0 {
-        format!("{}x{}", expert_sum / n_expert_tensors, rounded_count(shared + expert))
-    } else {
-        rounded_count(total)
+    match expert_sum.checked_div(n_expert_tensors) {
+        Some(count) => format!("{count}x{}", rounded_count(shared + expert)),
+        None => rounded_count(total),
     }
 }
 

@@ -20,8 +20,8 @@ fn main() {
         println!("set PESC_BENCH_MODEL to a model folder (scripts/bench-runner.sh makes one)");
         return;
     };
-    let model = pesc_arch::Model::open(std::path::Path::new(&dir)).expect("model folder");
-    let vocab = u32::try_from(model.config.vocab_size).unwrap();
+    let model = pesc_model::Weights::open(std::path::Path::new(&dir)).expect("model folder or GGUF file");
+    let vocab = u32::try_from(model.config().vocab_size).unwrap();
     let prompt: Vec<u32> = (0..128u32).map(|i| (i * 7919 + 13) % vocab).collect();
     for (name, dtype) in [("f32", ComputeDType::F32), ("bf16", ComputeDType::BF16)] {
         let runner = Runner::load(&model, dtype, &candle_core::Device::Cpu).expect("load");

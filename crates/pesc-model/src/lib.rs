@@ -1,7 +1,9 @@
 //! The runner: computes dense Llama-family, PESC and Mixtral models on
 //! candle (CPU by default, CUDA with the `cuda` feature), in f32 or bf16.
 //!
-//! - [`Runner`]: weights loaded from a validated [`pesc_arch::Model`];
+//! - [`Weights`]: a model folder or a GGUF file (block-quantized matrices
+//!   are multiplied as stored, with ggml's kernels as candle implements them);
+//! - [`Runner`]: weights loaded from [`Weights`];
 //!   [`Runner::forward`] returns f32 logits and, for MoE models, the experts
 //!   each token was routed to.
 //! - [`Cache`]: the KV cache for incremental decoding.
@@ -16,10 +18,12 @@ mod rope;
 mod sample;
 mod text;
 mod transformer;
+mod weights;
 
 pub use sample::{generate, Sampler};
 pub use text::{ChatMessage, TextModel};
 pub use transformer::{Cache, ComputeDType, Forward, Runner};
+pub use weights::Weights;
 
 /// Errors of the runner.
 #[derive(Debug, thiserror::Error)]

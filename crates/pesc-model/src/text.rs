@@ -15,14 +15,15 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// A model folder's tokenizer and chat template.
+/// A model's tokenizer and chat template.
 pub struct TextModel {
     tokenizer: Tokenizer,
     template: Option<String>,
     bos: Option<String>,
     eos: Option<String>,
     eos_ids: Vec<u32>,
-    dir: PathBuf,
+    /// The tokenizer file (or the GGUF file), for errors.
+    source: PathBuf,
 }
 
 /// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
@@ -66,8 +67,22 @@ impl TextModel {
         } else {
             config.get("chat_template").and_then(Value::as_str).map(str::to_owned)
         };
+        let generation = read_json(dir, "generation_config.json")?;
+        Ok(Self::build(tokenizer, template, &config, generation.as_ref(), path))
+    }
+
+    /// The tokenizer of `tokenizer.json`'s content, with `tokenizer_config.json`'s
+    /// and `generation_config.json`'s; `source` names them in errors.
+    pub fn from_json(source: &Path, tokenizer: &Value, config: &Value, generation: Option<&Value>) -> Result<Self> {
+        let bytes = serde_json::to_vec(tokenizer).unwrap_or_default();
+        let tok = Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Text { path: source.into(), message: e.to_string() })?;
+        let template = config.get("chat_template").and_then(Value::as_str).map(str::to_owned);
+        Ok(Self::build(tok, template, config, generation, source.into()))
+    }
+
+    fn build(tokenizer: Tokenizer, template: Option<String>, config: &Value, generation: Option<&Value>, source: PathBuf) -> Self {
         let (bos, eos) = (token_string(config.get("bos_token")), token_string(config.get("eos_token")));
-        let mut eos_ids: Vec<u32> = match read_json(dir, "generation_config.json")?.as_ref().and_then(|g| g.get("eos_token_id")) {
+        let mut eos_ids: Vec<u32> = match generation.and_then(|g| g.get("eos_token_id")) {
             Some(Value::Number(n)) => n.as_u64().into_iter().filter_map(|v| u32::try_from(v).ok()).collect(),
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).filter_map(|v| u32::try_from(v).ok()).collect(),
             _ => Vec::new(),
@@ -77,7 +92,14 @@ impl TextModel {
                 eos_ids.push(id);
             }
         }
-        Ok(TextModel { tokenizer, template, bos, eos, eos_ids, dir: dir.into() })
+        TextModel { tokenizer, template, bos, eos, eos_ids, source }
+    }
+
+    /// Whether `other` maps every token to the same id (so that ids mean the
+    /// same to both models).
+    #[must_use]
+    pub fn same_vocabulary(&self, other: &TextModel) -> bool {
+        self.tokenizer.get_vocab(true) == other.tokenizer.get_vocab(true)
     }
 
     /// Token ids of `text`, without added special tokens (as transformers
@@ -137,6 +159,6 @@ impl TextModel {
     }
 
     fn err(&self, message: String) -> ModelError {
-        ModelError::Text { path: self.dir.join("tokenizer.json"), message }
+        ModelError::Text { path: self.source.clone(), message }
     }
 }

@@ -2,9 +2,11 @@
 //! Mixtral), final norm and LM head.
 
 use crate::rope;
-use crate::{ModelError, Result};
-use candle_core::{DType, Device, Tensor, D};
-use pesc_arch::{ExpertNaming, Model, ModelConfig, Moe};
+use crate::{ModelError, Result, Weights};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
+use candle_core::{DType, Device, Module, Tensor, D};
+use pesc_arch::{ExpertNaming, ModelConfig, Moe};
+use pesc_quant::GgmlType;
 
 /// The dtype the runner computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,19 +26,47 @@ impl ComputeDType {
     }
 }
 
+/// A weight matrix `[out, in]`: dense in the compute dtype, or a GGUF
+/// block-quantized one multiplied as stored (ggml's kernels: the input is
+/// rounded to 8-bit blocks, as llama.cpp does on CPU).
+enum Matrix {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
 struct Linear {
-    w: Tensor,
+    w: Matrix,
     b: Option<Tensor>,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.t()?)?;
+        let y = match &self.w {
+            Matrix::Dense(w) => x.matmul(&w.t()?)?,
+            Matrix::Quantized(q) => q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
+        };
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
+}
+
+/// candle's name of a block type.
+fn candle_type(ty: GgmlType) -> Option<GgmlDType> {
+    Some(match ty {
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q5_0 => GgmlDType::Q5_0,
+        GgmlType::Q5_1 => GgmlDType::Q5_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q2_K => GgmlDType::Q2K,
+        GgmlType::Q3_K => GgmlDType::Q3K,
+        GgmlType::Q4_K => GgmlDType::Q4K,
+        GgmlType::Q5_K => GgmlDType::Q5K,
+        GgmlType::Q6_K => GgmlDType::Q6K,
+        _ => return None,
+    })
 }
 
 struct Mlp {
@@ -107,7 +137,7 @@ pub struct Runner {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
     inv_freq: Vec<f32>,
     eps: f64,
     num_heads: usize,
@@ -120,28 +150,31 @@ pub struct Runner {
 }
 
 struct Loader<'a> {
-    model: &'a Model,
+    weights: &'a Weights,
     dtype: DType,
     device: &'a Device,
 }
 
 impl Loader<'_> {
-    /// Loads the tensor this tool calls `name` (PESC naming variants resolved).
+    /// Loads the tensor this tool calls `name` (PESC naming variants resolved) as values.
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let stored = self.model.stored_name(name);
-        let info = self.model.weights.get(&stored).ok_or_else(|| {
-            ModelError::Input(format!("`{}`: tensor `{stored}` is missing", self.model.dir.display()))
-        })?;
-        let bytes = self.model.weights.read(&stored)?;
-        let values = pesc_tensor::to_f32(info.dtype, &bytes)
-            .ok_or_else(|| ModelError::Input(format!("tensor `{stored}` has dtype {}, not a float type", info.dtype)))?;
-        let shape: Vec<usize> = info.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+        let (values, shape) = self.weights.read_f32(name)?;
         Ok(Tensor::from_vec(values, shape, self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Loads weight matrix `name`, quantized as stored when it is a GGUF block type.
+    fn matrix(&self, name: &str) -> Result<Matrix> {
+        if let Some(raw) = self.weights.quantized(name)? {
+            let ty = candle_type(raw.ty).ok_or_else(|| ModelError::Input(format!("tensor `{name}`: the runner cannot multiply {} weights", raw.ty)))?;
+            let dims = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+            return Ok(Matrix::Quantized(QMatMul::from_qtensor(qtensor_from_ggml(ty, &raw.bytes, dims, self.device)?)?));
+        }
+        Ok(Matrix::Dense(self.tensor(name)?))
     }
 
     fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
         Ok(Linear {
-            w: self.tensor(&format!("{prefix}.weight"))?,
+            w: self.matrix(&format!("{prefix}.weight"))?,
             b: if bias { Some(self.tensor(&format!("{prefix}.bias"))?) } else { None },
         })
     }
@@ -156,10 +189,11 @@ fn usize_of(v: u64) -> usize {
 }
 
 impl Runner {
-    /// Loads every weight of `model`, converted to `dtype`, onto `device`.
-    pub fn load(model: &Model, dtype: ComputeDType, device: &Device) -> Result<Self> {
-        let cfg: &ModelConfig = &model.config;
-        let ld = Loader { model, dtype: dtype.candle(), device };
+    /// Loads every weight of `weights` onto `device`: converted to `dtype`,
+    /// except GGUF block-quantized matrices, which stay quantized.
+    pub fn load(weights: &Weights, dtype: ComputeDType, device: &Device) -> Result<Self> {
+        let cfg: &ModelConfig = weights.config();
+        let ld = Loader { weights, dtype: dtype.candle(), device };
         let mut layers = Vec::with_capacity(usize_of(cfg.num_layers));
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
@@ -206,11 +240,9 @@ impl Runner {
             });
         }
         let embed = ld.tensor("model.embed_tokens.weight")?;
-        let lm_head = if cfg.tie_word_embeddings && model.weights.get("lm_head.weight").is_none() {
-            embed.clone()
-        } else {
-            ld.tensor("lm_head.weight")?
-        };
+        // Tied: the embedding matrix, quantized as stored when it is (as llama.cpp uses it).
+        let head = if cfg.tie_word_embeddings && !weights.has("lm_head.weight") { "model.embed_tokens" } else { "lm_head" };
+        let lm_head = ld.linear(head, false)?;
         Ok(Runner {
             embed,
             layers,
@@ -265,7 +297,7 @@ impl Runner {
         }
         cache.len += t;
         let x = rms_norm(&x, &self.norm, self.eps)?;
-        let logits = x.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
         Ok(Forward { logits, routes })
     }
 

@@ -103,13 +103,11 @@ pub fn kl(p: &[f32], q: &[f32]) -> f64 {
 
 /// Whether `model` is a PESC model whose adapters' up projections are all
 /// zero (a fresh craft), so that it must equal its dense base exactly.
-pub fn has_zero_adapters(model: &pesc_arch::Model) -> Result<bool, ModelError> {
-    let pesc_arch::Moe::Pesc(p) = &model.config.moe else { return Ok(false) };
-    for l in 0..model.config.num_layers {
+pub fn has_zero_adapters(model: &pesc_model::Weights) -> Result<bool, ModelError> {
+    let pesc_arch::Moe::Pesc(p) = &model.config().moe else { return Ok(false) };
+    for l in 0..model.config().num_layers {
         for j in 0..p.num_experts {
-            let name = model.stored_name(&pesc_arch::ExpertNaming::Camelidae.adapter(l, j, "up"));
-            let info = model.weights.get(&name).ok_or_else(|| ModelError::Input(format!("tensor `{name}` is missing")))?;
-            let values = pesc_tensor::to_f32(info.dtype, &model.weights.read(&name)?).unwrap_or_default();
+            let (values, _) = model.read_f32(&pesc_arch::ExpertNaming::Camelidae.adapter(l, j, "up"))?;
             if values.iter().any(|v| *v != 0.0) {
                 return Ok(false);
             }

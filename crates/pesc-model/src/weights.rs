@@ -1,0 +1,120 @@
+//! What the runner runs: a model folder (safetensors) or a GGUF file.
+
+use crate::{ModelError, Result, TextModel};
+use pesc_arch::{GgufModel, Model, ModelConfig, Moe, RawTensor};
+use pesc_quant::GgmlType;
+use std::path::Path;
+
+/// A model opened for running.
+pub enum Weights {
+    /// A Hugging Face folder.
+    Folder(Box<Model>),
+    /// A GGUF file; its block-quantized weights are multiplied as stored.
+    Gguf(Box<GgufModel>),
+}
+
+impl Weights {
+    /// Opens `path`: a `.gguf` file, else a model folder.
+    pub fn open(path: &Path) -> Result<Self> {
+        if pesc_arch::is_gguf_path(path) {
+            Ok(Weights::Gguf(Box::new(GgufModel::open(path)?)))
+        } else {
+            Ok(Weights::Folder(Box::new(Model::open(path)?)))
+        }
+    }
+
+    /// The model's config (for a GGUF file, the one its metadata implies).
+    #[must_use]
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Weights::Folder(m) => &m.config,
+            Weights::Gguf(g) => &g.config,
+        }
+    }
+
+    /// `llama`, `PESC llama`, `Mixtral`; GGUF files add their file type.
+    #[must_use]
+    pub fn kind(&self) -> String {
+        match self {
+            Weights::Folder(m) => m.kind(),
+            Weights::Gguf(g) => {
+                let kind = match g.config.moe {
+                    Moe::Dense => "llama",
+                    Moe::Pesc(_) => "PESC llama",
+                    Moe::Mixtral { .. } => "Mixtral",
+                };
+                let mut types: Vec<&str> = g.file.tensors().iter().filter(|t| t.ne.len() >= 2).map(|t| t.ty.name()).collect();
+                types.sort_unstable();
+                types.dedup();
+                format!("{kind} (GGUF {})", types.join("/"))
+            }
+        }
+    }
+
+    /// The tokenizer and chat template: the folder's files, or those the
+    /// GGUF metadata holds.
+    pub fn text(&self) -> Result<TextModel> {
+        match self {
+            Weights::Folder(m) => TextModel::load(&m.dir),
+            Weights::Gguf(g) => {
+                let files = g.tokenizer_files()?;
+                let Some((tokenizer, config)) = files else {
+                    return Err(ModelError::Text {
+                        path: g.path().into(),
+                        message: "has no vocabulary (`tokenizer.ggml.model` none); pass token ids instead".into(),
+                    });
+                };
+                let eos = g.config_json.get("eos_token_id").cloned().unwrap_or_default();
+                TextModel::from_json(g.path(), &tokenizer, &config, Some(&serde_json::json!({ "eos_token_id": eos })))
+            }
+        }
+    }
+
+    /// Whether the model has a tokenizer.
+    #[must_use]
+    pub fn has_tokenizer(&self) -> bool {
+        match self {
+            Weights::Folder(m) => m.dir.join("tokenizer.json").is_file(),
+            Weights::Gguf(g) => g.vocab.is_some(),
+        }
+    }
+
+    /// Whether the model holds `name` (canonical naming).
+    #[must_use]
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            Weights::Folder(m) => m.weights.get(&m.stored_name(name)).is_some(),
+            Weights::Gguf(g) => g.tensors().any(|(n, _)| n == name),
+        }
+    }
+
+    /// The values of `name` as f32 and its shape.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let usize_of = |s: &[u64]| s.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+        match self {
+            Weights::Folder(m) => {
+                let stored = m.stored_name(name);
+                let info = m.weights.get(&stored).ok_or_else(|| ModelError::Input(format!("`{}`: tensor `{stored}` is missing", m.dir.display())))?;
+                let values = pesc_tensor::to_f32(info.dtype, &m.weights.read(&stored)?)
+                    .ok_or_else(|| ModelError::Input(format!("tensor `{stored}` has dtype {}, not a float type", info.dtype)))?;
+                Ok((values, usize_of(&info.shape)))
+            }
+            Weights::Gguf(g) => {
+                let shape = g.tensors().find(|(n, _)| *n == name).map(|(_, s)| usize_of(s)).unwrap_or_default();
+                Ok((g.read_f32(name)?, shape))
+            }
+        }
+    }
+
+    /// For a GGUF weight stored in a block type: its bytes, to multiply
+    /// without dequantizing. `None` for float types and folders.
+    pub fn quantized(&self, name: &str) -> Result<Option<RawTensor>> {
+        match self {
+            Weights::Gguf(g) => match g.stored(name) {
+                Some(t) if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => Ok(Some(g.read_raw(name)?)),
+                _ => Ok(None),
+            },
+            Weights::Folder(_) => Ok(None),
+        }
+    }
+}
