@@ -180,3 +180,75 @@ fn verify_and_logits_reject_bad_input() {
     assert_code(&o, 1);
     assert!(stderr(&o).contains("`generation_config.json` has SHA-256"), "{}", stderr(&o));
 }
+
+/// Logits of `model` (a folder or a GGUF file) on `ids`, f32 compute.
+fn logits_of(model: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
+    let w = pesc_model::Weights::open(model).unwrap();
+    let r = Runner::load(&w, ComputeDType::F32, &candle_core::Device::Cpu).unwrap();
+    r.forward(ids, &mut Cache::default()).unwrap().logits.to_vec2::<f32>().unwrap()
+}
+
+fn quantize_to(model: &Path, to: &str, out: &Path) {
+    assert_code(&run([Path::new("quantize"), model, Path::new("--to"), Path::new(to), Path::new("-o"), out]), 0);
+}
+
+#[test]
+fn f32_gguf_files_run_bit_for_bit_like_their_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pesc = tmp.path().join("pesc");
+    craft(&fixture("llama-gqa"), &pesc);
+    // Trained-looking adapters, so that the stacked adapter slices matter.
+    let adapted = tmp.path().join("adapted");
+    with_adapters(&pesc, &adapted, "model.layers.", false, 0.05);
+    let mixtral = tmp.path().join("mixtral");
+    assert_code(&run([Path::new("upcycle"), &fixture("mistral"), Path::new("-o"), &mixtral, Path::new("--experts"), Path::new("4"), Path::new("--top-k"), Path::new("2")]), 0);
+    let (ids, _) = reference("llama-gqa");
+    for model in [fixture("llama-gqa"), fixture("llama-chat"), adapted, mixtral] {
+        let gguf = tmp.path().join(format!("{}.gguf", model.file_name().unwrap().to_string_lossy()));
+        quantize_to(&model, "f32", &gguf);
+        let (a, b) = (logits_of(&model, &ids), logits_of(&gguf, &ids));
+        assert!(a.iter().flatten().map(|x| x.to_bits()).eq(b.iter().flatten().map(|x| x.to_bits())), "{}: GGUF logits differ", model.display());
+    }
+}
+
+#[test]
+fn quantized_gguf_runs_like_its_dequantized_import_and_a_fresh_pesc_equals_its_dense_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ids, _) = reference("llama-gqa");
+    for to in ["q8_0", "q4_k_m"] {
+        let gguf = tmp.path().join(format!("gqa-{to}.gguf"));
+        quantize_to(&fixture("llama-gqa"), to, &gguf);
+        let imported = tmp.path().join(format!("imported-{to}"));
+        assert_code(&run([Path::new("import-gguf"), &gguf, Path::new("-o"), &imported]), 0);
+        // The quantized matmul also rounds the activations to 8-bit blocks: close to
+        // the dequantized weights' logits, not equal.
+        let (q, d) = (logits_of(&gguf, &ids), logits_of(&imported, &ids));
+        let diff = max_diff(&q, &d);
+        let scale = d.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(diff > 0.0 && diff < scale / 20.0, "{to}: {diff} (logits up to {scale})");
+    }
+    let pesc = tmp.path().join("pesc");
+    craft(&fixture("llama-gqa"), &pesc);
+    let (pq, dq) = (tmp.path().join("pesc-q8_0.gguf"), tmp.path().join("gqa-q8_0.gguf"));
+    quantize_to(&pesc, "q8_0", &pq);
+    let r = verify_json(&pq, &dq, 0);
+    assert_eq!((r["exact"].as_bool(), r["exact_required"].as_bool()), (Some(true), Some(true)), "{r}");
+    assert!(r["candidate"].as_str().unwrap().starts_with("PESC llama (GGUF"), "{r}");
+    // Against the unquantized folder the same file is only close.
+    let r = verify_json(&pq, &fixture("llama-gqa"), 1);
+    assert_eq!(r["exact_required"], false, "{r}");
+}
+
+#[test]
+fn run_chats_with_a_gguf_files_own_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("chat.gguf");
+    quantize_to(&fixture("llama-chat"), "f32", &gguf);
+    let args = |m: &Path| -> Vec<std::ffi::OsString> {
+        ["run".into(), m.as_os_str().to_owned(), "--prompt".into(), "hello there".into(), "--max-new-tokens".into(), "8".into()].to_vec()
+    };
+    let (a, b) = (run(args(&fixture("llama-chat"))), run(args(&gguf)));
+    assert_code(&a, 0);
+    assert_code(&b, 0);
+    assert_eq!(a.stdout, b.stdout, "the GGUF's rebuilt tokenizer and template must give the folder's text");
+}
