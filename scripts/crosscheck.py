@@ -822,6 +822,95 @@ def gguf_export_quantize(item):
     return f"byte-identical: {', '.join(f'{n} {k}' for k, n in sorted(compared.items()))}{left}"
 
 
+MOE_GGUF_TYPES = ["f32", "q8_0", "q4_k_m"]
+
+
+def moe_source(kind):
+    """A Mixtral (upcycled, experts made distinct) or PESC (non-zero adapters) model of llama-gqa."""
+    if kind == "pesc":
+        return nonzero_pesc("llama-gqa")
+    gen = torch.Generator().manual_seed(11)
+
+    def change(key, t):
+        if ".block_sparse_moe.experts." in key:
+            return (t.float() + torch.randn(t.shape, generator=gen) * 0.02).to(t.dtype)
+        if key.endswith(".block_sparse_moe.gate.weight"):
+            return (t.float() + torch.randn(t.shape, generator=gen) * 0.5).to(t.dtype)
+        return t
+
+    return rewrite_copy(output("upcycle", "llama-gqa", *UPCYCLE), "mixtral-gguf-llama-gqa", change)
+
+
+@check(over=[(k, t) for k in ["mixtral", "pesc"] for t in MOE_GGUF_TYPES])
+def gguf_export_moe(item):
+    """The gguf package reads Mixtral and PESC exports (docs/format.md 8.1): the expert keys, stacked tensors of
+    ne[2] = experts, routers F32, and each expert's slice of its dequantization equals the expert tensor import-gguf
+    makes of the same file, bit for bit; an f32 export slices back to the source tensors exactly."""
+    import gguf
+    import numpy as np
+
+    kind, to = item
+    src = moe_source(kind)
+    path = TMP / "export-moe" / f"{kind}-{to}.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pesc("quantize", src, "--to", to, "-o", path, "--force")
+    reader = gguf.GGUFReader(str(path))
+    meta = lambda key: reader.fields[key].contents()  # noqa: E731
+    arch = meta("general.architecture")
+    assert arch == ("pesc" if kind == "pesc" else "llama"), arch
+    cfg = json.loads((src / "config.json").read_text())
+    experts = cfg["num_experts"] if kind == "pesc" else cfg["num_local_experts"]
+    assert meta(f"{arch}.expert_count") == experts and meta(f"{arch}.expert_used_count") == 2
+    if kind == "pesc":
+        assert meta("pesc.adapter_dim") == cfg["adapter_dim"] and abs(meta("pesc.adapter_scale") - cfg["moe_scaling"]) < 1e-7
+    folder = TMP / "export-moe" / f"{kind}-{to}-imported"
+    pesc("import-gguf", path, "-o", folder, "--force")
+    got = read_tensors(folder)
+    source = read_tensors(src)
+    per_expert = {
+        "ffn_gate_exps.weight": "block_sparse_moe.experts.{j}.w1.weight",
+        "ffn_up_exps.weight": "block_sparse_moe.experts.{j}.w3.weight",
+        "ffn_down_exps.weight": "block_sparse_moe.experts.{j}.w2.weight",
+        "ffn_adapter_down_exps.weight": "mlp.moe_adapter.experts.expert_{j}.adapter_down.weight",
+        "ffn_adapter_up_exps.weight": "mlp.moe_adapter.experts.expert_{j}.adapter_up.weight",
+    }
+    stacked = 0
+    for t in reader.tensors:
+        _, layer, rest = t.name.split(".", 2) if t.name.startswith("blk.") else (None, None, t.name)
+        if "gate_inp" in rest:
+            assert t.tensor_type.name == "F32", f"{t.name}: router is {t.tensor_type.name}"
+        if rest not in per_expert:
+            continue
+        stacked += 1
+        shape = [int(n) for n in reversed(t.shape)]
+        assert shape[0] == experts, f"{t.name}: {shape}"
+        deq = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        for j in range(experts):
+            hf = f"model.layers.{layer}." + per_expert[rest].format(j=j)
+            mine = got[hf][1].numpy()
+            assert np.array_equal(mine.view(np.uint32), np.ascontiguousarray(deq[j]).view(np.uint32)), f"{t.name}[{j}] != {hf}"
+            if to == "f32":
+                assert np.array_equal(mine, source[hf][1].float().numpy()), f"{hf}: f32 export is not exact"
+    assert stacked == 2 * (2 if kind == "pesc" else 3), stacked
+    shutil.rmtree(folder)
+    return f"{len(reader.tensors)} tensors, {stacked} stacked over {experts} experts"
+
+
+@check(over=["mixtral", "pesc"])
+def gguf_runner_moe(kind):
+    """Our runner on the f32 GGUF of a Mixtral model equals transformers' MixtralForCausalLM on its source folder,
+    and on the f32 GGUF of a PESC model the independent torch oracle (scripts/pesc_oracle.py), within 1e-4."""
+    ids = reference("llama-gqa")["token_ids"].tolist()
+    src = moe_source(kind)
+    path = TMP / "export-moe" / f"{kind}-run.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pesc("quantize", src, "--to", "f32", "-o", path, "--force")
+    want = transformers_logits(src, ids, "MixtralForCausalLM") if kind == "mixtral" else oracle().pesc_logits(src, ids)
+    diff = (rust_logits(path, ids) - want).abs().max().item()
+    assert diff <= 1e-4, f"max |runner on GGUF - reference| = {diff:.3g}"
+    return f"max abs diff {diff:.2g}"
+
+
 def converter_vocab(folder):
     """tokens and token types as llama.cpp's converter builds them (conversion/base.py::get_vocab_base, written out
     again here with transformers' AutoTokenizer), and gguf-py's SpecialVocab of the folder."""
