@@ -1,8 +1,9 @@
 //! Prefill and decode throughput of the runner on a model folder.
 //!
-//! `PESC_BENCH_MODEL=DIR cargo bench -p pesc-model --bench runner` prints, for
-//! f32 and bf16: prefill tokens/s for a 128-token prompt and decode tokens/s
-//! for 64 tokens after it (median of 3 runs). `scripts/bench-runner.sh` runs
+//! `PESC_BENCH_MODEL=DIR|FILE.gguf cargo bench -p pesc-model --bench runner`
+//! prints, for f32 and bf16 (or those `PESC_BENCH_DTYPES=f32,bf16` names):
+//! prefill tokens/s for a 128-token prompt and decode tokens/s for 64 tokens
+//! after it (median of 3 runs). `scripts/bench-runner.sh` runs
 //! it next to transformers on the same model.
 
 #![allow(clippy::print_stdout, missing_docs)]
@@ -23,7 +24,11 @@ fn main() {
     let model = pesc_model::Weights::open(std::path::Path::new(&dir)).expect("model folder or GGUF file");
     let vocab = u32::try_from(model.config().vocab_size).unwrap();
     let prompt: Vec<u32> = (0..128u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let wanted = std::env::var("PESC_BENCH_DTYPES").unwrap_or_else(|_| "f32,bf16".into());
     for (name, dtype) in [("f32", ComputeDType::F32), ("bf16", ComputeDType::BF16)] {
+        if !wanted.split(',').any(|w| w == name) {
+            continue;
+        }
         let runner = Runner::load(&model, dtype, &candle_core::Device::Cpu).expect("load");
         let (mut prefill, mut decode) = (Vec::new(), Vec::new());
         for _ in 0..3 {
