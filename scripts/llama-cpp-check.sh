@@ -175,6 +175,34 @@ bad = [x for x in bad if x[1] != x[2]]
 report(not bad, "tokenizer", f"{len(STRINGS) - len(bad)}/{len(STRINGS)} strings encoded alike" + (f"; first difference {bad[0]}" if bad else ""))
 
 
+def with_pre(src, dst, pre):
+    """SRC rewritten by the gguf package with tokenizer.ggml.pre = PRE."""
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, pre if key == "tokenizer.ggml.pre" else field.contents(), kind, sub_type=sub)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+
+
+# 3b. The pre-tokenizers import-gguf rebuilds, against llama.cpp's own for the same name.
+for pre in ["default", "gpt2", "llama-bpe", "qwen2"]:
+    variant = TMP / f"pre-{pre}.gguf"
+    with_pre(TMP / "ours-q8_0.gguf", variant, pre)
+    folder = TMP / f"pre-{pre}"
+    subprocess.run([BIN, "import-gguf", str(variant), "-o", str(folder)], check=True, capture_output=True)
+    mine = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    m = llama_cpp.Llama(model_path=str(variant), n_ctx=64, verbose=False, vocab_only=True)
+    bad = [(s, m.tokenize(s.encode(), add_bos=False, special=True), mine.encode(s, add_special_tokens=False).ids) for s in STRINGS]
+    bad = [x for x in bad if x[1] != x[2]]
+    report(not bad, f"tokenizer.ggml.pre {pre}", f"{len(STRINGS) - len(bad)}/{len(STRINGS)} strings encoded alike by llama.cpp and the imported tokenizer.json" + (f"; first difference {bad[0]}" if bad else ""))
+
+
 # 4. Logits.
 def pesc_logits(folder, ids):
     out = TMP / f"logits-{folder.name}.safetensors"

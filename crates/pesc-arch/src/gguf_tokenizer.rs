@@ -13,6 +13,14 @@ use serde_json::{json, Value};
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// llama.cpp's regexes for `tokenizer.ggml.pre = "default"` (or none), in order.
+const DEFAULT_SPLITS: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+
 /// What the GGUF says about its tokenizer.
 pub struct GgufVocab {
     /// `tokenizer.ggml.model`.
@@ -43,14 +51,21 @@ pub struct GgufVocab {
 
 fn pre_tokenizer(pre: &str) -> Result<Value, String> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    let split = |regex: &str| {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-            byte_level(false),
-        ]})
+    // llama.cpp applies its regexes one after another, each to the pieces the
+    // previous left (matches and the text between them), then maps bytes.
+    let splits = |regexes: &[&str]| {
+        let mut seq: Vec<Value> = regexes
+            .iter()
+            .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+            .collect();
+        seq.push(byte_level(false));
+        json!({"type": "Sequence", "pretokenizers": seq})
     };
+    let split = |regex: &str| splits(&[regex]);
     Ok(match pre {
-        "default" | "gpt-2" | "gpt2" => byte_level(true),
+        "gpt-2" | "gpt2" => byte_level(true),
+        // llama.cpp's fallback for BPE vocabularies it does not name.
+        "default" => splits(&DEFAULT_SPLITS),
         // Digits one by one, then the GPT-2 split (llama.cpp's `smollm` and `starcoder`).
         "smollm" | "starcoder" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true},
