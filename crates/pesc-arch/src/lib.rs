@@ -20,7 +20,7 @@ pub use config::{Family, ModelConfig, Moe, PescParams, RopeScaling};
 pub use model::{ArchError, Model};
 pub use nf4::{Nf4Config, Nf4Info, QUANT_STATE};
 pub use names::{dense_mlp, mixtral_expert, mixtral_gate, pesc_router, ExpertNaming};
-pub use summary::Summary;
+pub use summary::{QuantSummary, Summary};
 
 /// Largest layer count accepted from a config.
 pub const MAX_LAYERS: u64 = 10_000;
