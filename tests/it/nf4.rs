@@ -48,6 +48,8 @@ fn check_against_source(src: &Model, q: &Model, opts: Nf4Options, want_nf4: usiz
         assert_eq!(info.offset.is_some(), opts.double_quant);
         assert_eq!(q.shape_of(name), Some(t.shape.clone()));
         let want = nf4::roundtrip(&src.read_f32(name).unwrap(), opts).unwrap();
+        // bitsandbytes returns the dequantized weight in its original dtype
+        let want = pesc_tensor::to_f32(t.dtype, &pesc_tensor::from_f32(t.dtype, &want).unwrap()).unwrap();
         assert_eq!(bits(&q.read_f32(name).unwrap()), bits(&want), "{name}");
     }
     for t in src.weights.tensors() {

@@ -241,11 +241,17 @@ impl Model {
     }
 
     /// The stored tensor `name` as f32 values, row-major: float tensors
-    /// converted, NF4 weights dequantized exactly as bitsandbytes does
-    /// (`code * absmax` in f32, before any cast to the original dtype).
+    /// converted, NF4 weights dequantized exactly as bitsandbytes'
+    /// `dequantize_4bit` does (`code * absmax` in f32, then rounded to the
+    /// weight's original dtype, which the quant state records).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, ArchError> {
-        if self.nf4.contains_key(name) {
-            return Ok(self.read_nf4(name)?.dequantize());
+        if let Some(info) = self.nf4.get(name) {
+            let values = self.read_nf4(name)?.dequantize();
+            if info.dtype == pesc_tensor::DType::F32 {
+                return Ok(values);
+            }
+            let rounded = pesc_tensor::from_f32(info.dtype, &values).and_then(|b| pesc_tensor::to_f32(info.dtype, &b));
+            return Ok(rounded.unwrap_or(values));
         }
         let t = self.weights.get(name).ok_or_else(|| ArchError::MissingTensor {
             path: self.dir.clone(),
