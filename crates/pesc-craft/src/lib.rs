@@ -6,6 +6,7 @@
 //! - [`craft`]: dense -> PESC (shared FFN, zero-initialised adapters, router).
 //! - [`upcycle`]: dense -> Mixtral (full FFN copies, router).
 //! - [`Import`]: a llama.cpp GGUF file -> Hugging Face folder.
+//! - [`quantize_nf4`]: linear layers to NF4, in transformers' bitsandbytes layout.
 
 mod card;
 mod craft;
@@ -14,6 +15,7 @@ mod folder;
 mod gguf_vocab;
 mod import;
 mod init;
+mod nf4;
 mod reshard;
 mod upcycle;
 
@@ -27,6 +29,7 @@ pub use gguf_vocab::{gguf_vocab, VocabKind};
 pub use import::Import;
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;
+pub use nf4::{nf4_config, nf4_targets, quantize_nf4, validate_nf4};
 pub use reshard::reshard;
 pub use upcycle::{mixtral_config, upcycle, validate_upcycle, UpcycleParams};
 

@@ -94,10 +94,9 @@ impl Weights {
         match self {
             Weights::Folder(m) => {
                 let stored = m.stored_name(name);
-                let info = m.weights.get(&stored).ok_or_else(|| ModelError::Input(format!("`{}`: tensor `{stored}` is missing", m.dir.display())))?;
-                let values = pesc_tensor::to_f32(info.dtype, &m.weights.read(&stored)?)
-                    .ok_or_else(|| ModelError::Input(format!("tensor `{stored}` has dtype {}, not a float type", info.dtype)))?;
-                Ok((values, usize_of(&info.shape)))
+                let shape = m.shape_of(&stored).ok_or_else(|| ModelError::Input(format!("`{}`: tensor `{stored}` is missing", m.dir.display())))?;
+                // Float tensors converted, NF4 weights dequantized.
+                Ok((m.read_f32(&stored)?, usize_of(&shape)))
             }
             Weights::Gguf(g) => {
                 let shape = g.tensors().find(|(n, _)| *n == name).map(|(_, s)| usize_of(s)).unwrap_or_default();
