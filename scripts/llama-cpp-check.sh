@@ -195,7 +195,10 @@ for pre in ["default", "gpt2", "llama-bpe", "qwen2"]:
     variant = TMP / f"pre-{pre}.gguf"
     with_pre(TMP / "ours-q8_0.gguf", variant, pre)
     folder = TMP / f"pre-{pre}"
-    subprocess.run([BIN, "import-gguf", str(variant), "-o", str(folder)], check=True, capture_output=True)
+    done = subprocess.run([BIN, "import-gguf", str(variant), "-o", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        report(False, f"tokenizer.ggml.pre {pre}", f"import-gguf failed: {done.stderr.strip()}")
+        continue
     mine = Tokenizer.from_file(str(folder / "tokenizer.json"))
     m = llama_cpp.Llama(model_path=str(variant), n_ctx=64, verbose=False, vocab_only=True)
     bad = [(s, m.tokenize(s.encode(), add_bos=False, special=True), mine.encode(s, add_special_tokens=False).ids) for s in STRINGS]

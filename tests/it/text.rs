@@ -111,7 +111,7 @@ fn a_tokenizer_rebuilt_from_gguf_metadata_tokenizes_alike() {
         .collect();
     let v = pesc_arch::GgufVocab {
         model: "gpt2".into(),
-        pre: Some("default".into()),
+        pre: Some("gpt-2".into()),
         tokens,
         token_types,
         merges,
