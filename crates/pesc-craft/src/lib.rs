@@ -6,6 +6,7 @@
 //! - [`craft`]: dense -> PESC (shared FFN, zero-initialised adapters, router).
 //! - [`upcycle`]: dense -> Mixtral (full FFN copies, router).
 //! - [`Import`]: a llama.cpp GGUF file -> Hugging Face folder.
+//! - [`Merge`]: a PEFT LoRA adapter merged into its base (`merge-lora`).
 
 mod card;
 mod craft;
@@ -15,10 +16,12 @@ mod gguf_tokenizer;
 mod gguf_vocab;
 mod import;
 mod init;
+mod merge;
+mod peft;
 mod reshard;
 mod upcycle;
 
-pub use card::{craft_card, craft_counts, thousands, upcycle_card, upcycle_counts};
+pub use card::{craft_card, craft_counts, merge_card, thousands, upcycle_card, upcycle_counts};
 pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
 pub use export::{
     check_exportable, export_gguf, export_metadata, permute_rows, plan_tensors, shape_fallback, size_label, ExportOptions, ExportSummary, GgufType, PlannedTensor,
@@ -29,6 +32,8 @@ pub use gguf_vocab::{gguf_vocab, VocabKind};
 pub use import::Import;
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;
+pub use merge::{lora_delta, nf4_quantized, Merge, MergeRequest, Onto, ReportRow, MOE_TENSORS, REPORT_FILE};
+pub use peft::{LoraConfig, ModuleSelector, PeftAdapter, Scaling, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use reshard::reshard;
 pub use upcycle::{mixtral_config, upcycle, validate_upcycle, UpcycleParams};
 
