@@ -428,7 +428,7 @@ pub struct MergeLoraArgs {
     /// Stored dtype of the output tensors (keep: the base's).
     #[arg(long, value_enum, default_value_t = DTypeArg::Keep)]
     pub dtype: DTypeArg,
-    /// NF4 block size (a power of two from 64 to 4096; default 64, as bitsandbytes).
+    /// NF4 block size (a power of two from 32 to 4096; default 64, as bitsandbytes).
     #[arg(long)]
     pub blocksize: Option<usize>,
     /// NF4 without double quantization of the block scales (default: as the adapter records, else on).

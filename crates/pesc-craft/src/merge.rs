@@ -10,19 +10,7 @@ use crate::peft::{LoraModule, PeftAdapter, Scaling, ADAPTER_CONFIG, ADAPTER_WEIG
 use crate::CraftError;
 use pesc_arch::Model;
 use pesc_io::{write_weights, OutputDir, SafetensorsFile, TensorInfo, TensorSpec};
-use nf4::Nf4Options;
-
-// TEMPORARY until branch `nf4` is merged: same signatures as pesc_quant::nf4.
-mod nf4 {
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Nf4Options {
-        pub blocksize: usize,
-        pub double_quant: bool,
-    }
-    pub fn roundtrip(_: &[f32], _: Nf4Options) -> Result<Vec<f32>, String> {
-        Err("NF4 is not available in this build yet".into())
-    }
-}
+use pesc_quant::nf4::{self, Nf4Options};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -274,12 +262,9 @@ impl Merge {
             (None, Some((why, _))) => (Onto::DequantizedNf4, format!("trained on a 4-bit base: {why}")),
             (None, None) => (Onto::Original, "no record of a 4-bit base in the adapter".to_owned()),
         };
-        let blocksize = req.blocksize.unwrap_or(64);
-        if !(64..=4096).contains(&blocksize) || !blocksize.is_power_of_two() {
-            return Err(CraftError::Invalid(format!("--blocksize {blocksize} must be a power of two from 64 to 4096")));
-        }
         let recorded_dq = evidence.as_ref().and_then(|(_, dq)| *dq);
-        let nf4 = Nf4Options { blocksize, double_quant: !req.no_double_quant && recorded_dq.unwrap_or(true) };
+        let nf4 = Nf4Options { blocksize: req.blocksize.unwrap_or(64), double_quant: !req.no_double_quant && recorded_dq.unwrap_or(true) };
+        nf4.check().map_err(|e| CraftError::Invalid(format!("--blocksize: {e}")))?;
 
         // The base's modules: every 2-D `.weight`.
         let modules: BTreeMap<&str, &TensorInfo> = base.weights.tensors().filter(|t| t.shape.len() == 2).filter_map(|t| t.name.strip_suffix(".weight").map(|m| (m, t))).collect();

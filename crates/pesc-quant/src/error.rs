@@ -60,4 +60,41 @@ pub enum QuantError {
         /// The element count.
         len: usize,
     },
+    /// An NF4 blocksize bitsandbytes does not accept.
+    #[error("NF4 blocksize {blocksize} is not one of 32, 64, 128, 256, 512, 1024, 2048, 4096")]
+    Nf4Blocksize {
+        /// The blocksize given.
+        blocksize: usize,
+    },
+    /// NF4 cannot encode NaN or an infinity.
+    #[error("element {index} is {value}; NF4 cannot encode NaN or infinity")]
+    Nf4NonFinite {
+        /// Index of the first non-finite element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+    /// An empty tensor has no NF4 blocks.
+    #[error("an empty tensor cannot be quantized to NF4")]
+    Nf4Empty,
+    /// A piece of a stored NF4 tensor has the wrong length.
+    #[error("NF4 `{field}` must have {expected} elements for this shape and blocksize, found {actual}")]
+    Nf4Length {
+        /// The piece: `weight`, `absmax`, `nested_absmax`, `nested_quant_map`.
+        field: &'static str,
+        /// The length the shape and blocksize imply.
+        expected: usize,
+        /// The length found.
+        actual: usize,
+    },
+    /// A stored NF4 scale or map value is NaN or infinite.
+    #[error("NF4 `{field}` element {index} is {value}, not a finite number")]
+    Nf4Value {
+        /// The piece.
+        field: &'static str,
+        /// The element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
 }

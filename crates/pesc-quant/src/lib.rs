@@ -22,6 +22,8 @@
 //! would turn into undefined integer conversions; the float types pass them
 //! through the way ggml does.
 //!
+//! [`nf4`] is bitsandbytes' NF4 (QLoRA's 4-bit NormalFloat), byte for byte.
+//!
 //! Test vectors in `fixtures/quant` (made by `fixtures/quant/make_vectors.py`
 //! from gguf-py 0.19.0 and ggml's own C code) pin every type bit for bit.
 
@@ -29,6 +31,7 @@ mod error;
 mod float;
 mod kquants;
 mod legacy;
+pub mod nf4;
 
 pub use error::QuantError;
 
