@@ -344,6 +344,8 @@ pub struct ImportGgufArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[allow(non_camel_case_types)]
 pub enum QuantizeTo {
+    /// bitsandbytes NF4 (QLoRA), written as a transformers folder: linear layers NF4, the rest as stored.
+    Nf4,
     /// Every weight f32 (llama.cpp file type ALL_F32).
     F32,
     /// Weights f16 (MOSTLY_F16).
@@ -371,9 +373,11 @@ pub enum QuantizeTo {
 }
 
 impl QuantizeTo {
-    pub fn gguf(self) -> pesc_craft::GgufType {
+    /// The GGUF type, or `None` for the folder format NF4.
+    pub fn gguf(self) -> Option<pesc_craft::GgufType> {
         use pesc_craft::GgufType;
-        match self {
+        Some(match self {
+            QuantizeTo::Nf4 => return None,
             QuantizeTo::F32 => GgufType::F32,
             QuantizeTo::F16 => GgufType::F16,
             QuantizeTo::Bf16 => GgufType::BF16,
@@ -383,7 +387,7 @@ impl QuantizeTo {
             QuantizeTo::Q4_K => GgufType::Q4_K,
             QuantizeTo::Q6_K => GgufType::Q6_K,
             QuantizeTo::Q4_K_M => GgufType::Q4_K_M,
-        }
+        })
     }
 }
 
@@ -394,7 +398,7 @@ pub struct QuantizeArgs {
     /// Output type. The quantized types follow llama-quantize's per-tensor rules and shape fallbacks; norms stay f32.
     #[arg(long, value_enum)]
     pub to: QuantizeTo,
-    /// Output `.gguf` file; must not exist unless --force (staged beside it, then renamed into place).
+    /// Output `.gguf` file (an output folder for nf4); must not exist unless --force (staged beside it, then renamed into place).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     /// Replace FILE if it exists.
@@ -403,6 +407,12 @@ pub struct QuantizeArgs {
     /// One type for every quantized tensor, without llama-quantize's per-tensor recipe (its --pure); shape fallbacks still apply.
     #[arg(long)]
     pub pure: bool,
+    /// nf4 only: elements per absmax block, a power of two from 32 to 4096 [default: 64].
+    #[arg(long, value_name = "N")]
+    pub blocksize: Option<usize>,
+    /// nf4 only: store the absmax as f32 instead of quantizing it again (bnb_4bit_use_double_quant false).
+    #[arg(long)]
+    pub no_double_quant: bool,
 }
 
 /// `merge-lora --onto`.

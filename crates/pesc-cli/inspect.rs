@@ -62,6 +62,12 @@ fn to_json(format: &str, s: &Summary) -> Value {
             v["moe_scaling"] = json!(s.moe_scaling);
         }
     }
+    if let Some(q) = &s.quantization {
+        v["quantization"] = json!({
+            "method": q.method, "blocksize": q.blocksize, "double_quant": q.double_quant,
+            "compute_dtype": q.compute_dtype, "weights": q.weights,
+        });
+    }
     v
 }
 
@@ -95,6 +101,13 @@ fn table(format: &str, s: &Summary) -> String {
     if let (Some(n), Some(k)) = (s.num_experts, s.top_k) {
         let adapter = s.adapter_dim.map_or_else(String::new, |a| format!(", adapter_dim {a}, scaling {}", s.moe_scaling.unwrap_or(1.0)));
         rows.push(("experts", format!("{n} (top-{k}{adapter})")));
+    }
+    if let Some(q) = &s.quantization {
+        let dq = if q.double_quant { "double quant" } else { "no double quant" };
+        rows.push((
+            "quantization",
+            format!("{} (blocksize {}, {dq}) on {} linear weights, compute dtype {}", q.method, q.blocksize, q.weights, q.compute_dtype),
+        ));
     }
     rows.push(("parameters", thousands(s.parameters)));
     if s.active_parameters != s.parameters {

@@ -6,6 +6,7 @@ mod craft;
 mod gguf;
 mod io;
 mod merge;
+mod nf4;
 mod quantize;
 mod runner;
 mod text;

@@ -179,9 +179,10 @@ fn lora_on_pesc_adapters_with_trained_tensors_equals_peft() {
 /// Checks `out` = dequant(NF4(W)) (+ PEFT's delta) on every NF4 linear and the base elsewhere.
 fn check_nf4_merge(out: &Path, base: &Path, deltas: &BTreeMap<String, Vec<f32>>, opts: Nf4Options) {
     let (merged, original) = (model_tensors(out), model_tensors(base));
+    let targets = pesc_craft::nf4_targets(&pesc_arch::Model::open(base).unwrap());
     let mut quantized = 0;
     for (t, values) in &merged {
-        if !pesc_craft::nf4_quantized(t) {
+        if !targets.contains(t) {
             assert_eq!(values, &original[t], "`{t}` changed");
             continue;
         }
@@ -223,6 +224,41 @@ fn qlora_adapter_defaults_to_the_dequantized_nf4_base() {
             .unwrap()
             > 0.0
     );
+}
+
+#[test]
+fn nf4_folder_base_gives_the_same_weights_as_its_16_bit_source() {
+    let tmp = tempdir().unwrap();
+    let nf4 = tmp.path().join("nf4");
+    let q = run([
+        OsStr::new("quantize"),
+        fixture("llama-gqa").as_os_str(),
+        OsStr::new("--to"),
+        OsStr::new("nf4"),
+        OsStr::new("-o"),
+        nf4.as_os_str(),
+    ]);
+    assert_code(&q, 0);
+    let (from_nf4, from_16) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert_code(&merge(&nf4, &adapter("qlora"), &from_nf4, &[]), 0);
+    assert_code(
+        &merge(&fixture("llama-gqa"), &adapter("qlora"), &from_16, &[]),
+        0,
+    );
+    assert_eq!(
+        sha256(&from_nf4.join("model.safetensors")),
+        sha256(&from_16.join("model.safetensors"))
+    );
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(from_nf4.join("config.json")).unwrap()).unwrap();
+    assert!(config.get("quantization_config").is_none());
+    let o = merge(
+        &nf4,
+        &adapter("plain"),
+        &tmp.path().join("c"),
+        &["--onto", "original"],
+    );
+    assert_rejects(&o, &["is an NF4 folder", "--onto original is impossible"]);
 }
 
 #[test]

@@ -568,9 +568,9 @@ fn existing_output_needs_force_and_bad_input_leaves_nothing() {
     assert_rejects(&quantize(&fixture("llama-gqa"), "q8_0", &dir, &["--force"]), &["a-folder.gguf", "folder"]);
 
     let fresh = tmp.path().join("fresh.gguf");
-    let o = quantize(&fixture("llama-gqa"), "nf4", &fresh, &[]);
-    assert_code(&o, 2);
-    assert!(crate::common::stderr(&o).contains("nf4"), "{}", crate::common::stderr(&o));
+    // --to nf4 writes a folder (tests/it/nf4.rs) and refuses the GGUF-only flags.
+    assert_rejects(&quantize(&fixture("llama-gqa"), "nf4", &fresh, &["--pure"]), &["--pure"]);
+    assert!(!fresh.exists());
     assert_rejects(&quantize(&fixture("qwen2-bias"), "q8_0", &fresh, &[]), &["qwen2", "not implemented yet"]);
     assert_rejects(&quantize(&tmp.path().join("missing"), "q8_0", &fresh, &[]), &["missing"]);
 

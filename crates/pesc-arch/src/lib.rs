@@ -6,17 +6,21 @@
 //! generations are read: transformers 5's `rope_parameters` and `dtype`, and
 //! the older top-level `rope_theta`, `rope_scaling` and `torch_dtype`.
 //! [`ModelConfig::expected_tensors`] lists every tensor the config implies,
-//! and [`Model::open`] checks a folder's weights against it.
+//! and [`Model::open`] checks a folder's weights against it. NF4 folders
+//! (transformers' bitsandbytes 4-bit layout) are read too: [`Model::nf4`]
+//! describes a quantized weight and [`Model::read_f32`] dequantizes it.
 
 mod config;
 mod model;
 mod names;
+mod nf4;
 mod summary;
 
 pub use config::{Family, ModelConfig, Moe, PescParams, RopeScaling};
 pub use model::{ArchError, Model};
+pub use nf4::{Nf4Config, Nf4Info, QUANT_STATE};
 pub use names::{dense_mlp, mixtral_expert, mixtral_gate, pesc_router, ExpertNaming};
-pub use summary::Summary;
+pub use summary::{QuantSummary, Summary};
 
 /// Largest layer count accepted from a config.
 pub const MAX_LAYERS: u64 = 10_000;

@@ -2,6 +2,7 @@
 
 use crate::config::{ModelConfig, Moe};
 use crate::names::ExpertNaming;
+use crate::nf4::{Nf4Config, Nf4Info, QUANT_STATE};
 use pesc_io::Checkpoint;
 use pesc_tensor::shape_str;
 use std::collections::BTreeMap;
@@ -78,6 +79,18 @@ pub enum ArchError {
         /// Its dtype.
         dtype: pesc_tensor::DType,
     },
+    /// An NF4 weight whose pieces are missing, malformed or inconsistent.
+    #[error("`{path}`: NF4 weight `{tensor}`, {field}: {problem}")]
+    Nf4 {
+        /// The file holding the piece (or the folder when it is missing).
+        path: PathBuf,
+        /// The weight.
+        tensor: String,
+        /// The piece or quant-state key.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// A model folder whose config and weights agree.
@@ -91,6 +104,9 @@ pub struct Model {
     pub weights: Checkpoint,
     /// How PESC experts are named in the weights (PESC models only).
     pub naming: Option<ExpertNaming>,
+    /// The bitsandbytes 4-bit `quantization_config` of an NF4 folder.
+    pub quantization: Option<Nf4Config>,
+    nf4: BTreeMap<String, Nf4Info>,
 }
 
 impl Model {
@@ -106,8 +122,9 @@ impl Model {
             }
             _ => None,
         };
-        let model = Model { dir: dir.into(), config, weights, naming };
-        model.check()?;
+        let quantization = Nf4Config::parse(&config.path, &config.raw)?;
+        let mut model = Model { dir: dir.into(), config, weights, naming, quantization, nf4: BTreeMap::new() };
+        model.nf4 = model.check()?;
         Ok(model)
     }
 
@@ -121,7 +138,7 @@ impl Model {
         }
     }
 
-    fn check(&self) -> Result<(), ArchError> {
+    fn check(&self) -> Result<BTreeMap<String, Nf4Info>, ArchError> {
         let expected: BTreeMap<String, Vec<u64>> = self
             .config
             .expected_tensors()?
@@ -129,7 +146,29 @@ impl Model {
             .map(|(n, s)| (self.stored_name(&n), s))
             .collect();
         let file = |name: &str| self.weights.file_of(name).map_or_else(|| self.dir.clone(), Path::to_path_buf);
+        let mut nf4 = BTreeMap::new();
         for (name, shape) in &expected {
+            let state = format!("{name}.{QUANT_STATE}");
+            if self.weights.get(&state).is_some() || self.weights.get(name).is_some_and(|t| t.dtype == pesc_tensor::DType::U8) {
+                let Some(cfg) = &self.quantization else {
+                    return Err(ArchError::Nf4 {
+                        path: file(&state),
+                        tensor: name.clone(),
+                        field: "quant_state".into(),
+                        problem: "is stored, but config.json has no quantization_config".into(),
+                    });
+                };
+                if shape.len() != 2 || name == "model.embed_tokens.weight" {
+                    return Err(ArchError::Nf4 {
+                        path: file(name),
+                        tensor: name.clone(),
+                        field: "weight".into(),
+                        problem: "is not a linear layer's weight, which alone can be NF4".into(),
+                    });
+                }
+                nf4.insert(name.clone(), crate::nf4::check_weight(&self.dir, &self.weights, cfg, name, shape)?);
+                continue;
+            }
             let Some(t) = self.weights.get(name) else {
                 return Err(ArchError::MissingTensor { path: self.dir.clone(), tensor: name.clone(), shape: shape_str(shape) });
             };
@@ -144,7 +183,18 @@ impl Model {
             }
         }
         let vocab_h = [self.config.vocab_size, self.config.hidden_size];
+        let nf4_piece = |n: &str| {
+            nf4.iter().any(|(w, i): (&String, &Nf4Info)| {
+                n == w
+                    || n.strip_prefix(w.as_str())
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .is_some_and(|p| crate::nf4::pieces(i.offset.is_some()).contains(&p))
+            })
+        };
         for t in self.weights.tensors() {
+            if nf4_piece(&t.name) {
+                continue;
+            }
             let known = expected.contains_key(&t.name)
                 || (t.name == "lm_head.weight" && self.config.tie_word_embeddings && t.shape == vocab_h)
                 || t.name.ends_with(".rotary_emb.inv_freq");
@@ -155,7 +205,65 @@ impl Model {
                 return Err(ArchError::DType { path: file(&t.name), tensor: t.name.clone(), dtype: t.dtype });
             }
         }
-        Ok(())
+        Ok(nf4)
+    }
+
+    /// The NF4 description of the stored weight `name`, if it is NF4.
+    #[must_use]
+    pub fn nf4(&self, name: &str) -> Option<&Nf4Info> {
+        self.nf4.get(name)
+    }
+
+    /// Every NF4 weight, by name.
+    pub fn nf4_weights(&self) -> impl Iterator<Item = (&str, &Nf4Info)> {
+        self.nf4.iter().map(|(n, i)| (n.as_str(), i))
+    }
+
+    /// The shape of the stored tensor `name` as the model sees it (an NF4
+    /// weight's original shape, not its packed one).
+    #[must_use]
+    pub fn shape_of(&self, name: &str) -> Option<Vec<u64>> {
+        match self.nf4.get(name) {
+            Some(i) => Some(i.shape.clone()),
+            None => self.weights.get(name).map(|t| t.shape.clone()),
+        }
+    }
+
+    /// The stored NF4 weight `name`, checked (its absmax and maps finite).
+    pub fn read_nf4(&self, name: &str) -> Result<pesc_quant::nf4::Nf4Tensor, ArchError> {
+        let info = self.nf4.get(name).ok_or_else(|| ArchError::Nf4 {
+            path: self.dir.clone(),
+            tensor: name.to_owned(),
+            field: "weight".into(),
+            problem: "is not an NF4 weight of this model".into(),
+        })?;
+        crate::nf4::read(&self.weights, &self.dir, name, info)
+    }
+
+    /// The stored tensor `name` as f32 values, row-major: float tensors
+    /// converted, NF4 weights dequantized exactly as bitsandbytes'
+    /// `dequantize_4bit` does (`code * absmax` in f32, then rounded to the
+    /// weight's original dtype, which the quant state records).
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, ArchError> {
+        if let Some(info) = self.nf4.get(name) {
+            let values = self.read_nf4(name)?.dequantize();
+            if info.dtype == pesc_tensor::DType::F32 {
+                return Ok(values);
+            }
+            let rounded = pesc_tensor::from_f32(info.dtype, &values).and_then(|b| pesc_tensor::to_f32(info.dtype, &b));
+            return Ok(rounded.unwrap_or(values));
+        }
+        let t = self.weights.get(name).ok_or_else(|| ArchError::MissingTensor {
+            path: self.dir.clone(),
+            tensor: name.to_owned(),
+            shape: "(any)".into(),
+        })?;
+        let bytes = self.weights.read(name)?;
+        pesc_tensor::to_f32(t.dtype, &bytes).ok_or_else(|| ArchError::DType {
+            path: self.weights.file_of(name).map_or_else(|| self.dir.clone(), Path::to_path_buf),
+            tensor: name.to_owned(),
+            dtype: t.dtype,
+        })
     }
 
     /// `llama`, `PESC qwen2`, `Mixtral` ...: for messages.

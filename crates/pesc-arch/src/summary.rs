@@ -54,6 +54,23 @@ pub struct Summary {
     pub files: u64,
     /// Elements per dtype.
     pub dtypes: BTreeMap<String, u64>,
+    /// The NF4 quantization of an NF4 folder.
+    pub quantization: Option<QuantSummary>,
+}
+
+/// How an NF4 folder is quantized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantSummary {
+    /// Always `nf4`.
+    pub method: String,
+    /// Elements per absmax block (the smallest, if weights differ).
+    pub blocksize: u64,
+    /// Whether the absmax is quantized again.
+    pub double_quant: bool,
+    /// `bnb_4bit_compute_dtype`.
+    pub compute_dtype: String,
+    /// NF4 weights.
+    pub weights: u64,
 }
 
 impl Summary {
@@ -84,6 +101,26 @@ impl Summary {
             RopeScaling::Other { rope_type } => Some(rope_type.clone()),
         };
         s.tie_word_embeddings = Some(c.tie_word_embeddings);
+        if let Some(q) = &m.quantization {
+            // Count an NF4 weight by its original elements, not its packed bytes and pieces.
+            for (name, info) in m.nf4_weights() {
+                let stored: u64 = m
+                    .weights
+                    .tensors()
+                    .filter(|t| t.name == name || t.name.strip_prefix(name).is_some_and(|r| r.starts_with('.')))
+                    .map(pesc_io::TensorInfo::numel)
+                    .sum();
+                s.parameters = s.parameters - stored + info.numel();
+            }
+            s.active_parameters = s.parameters;
+            s.quantization = Some(QuantSummary {
+                method: "nf4".into(),
+                blocksize: m.nf4_weights().map(|(_, i)| i.blocksize as u64).min().unwrap_or(0),
+                double_quant: q.double_quant,
+                compute_dtype: q.compute_dtype.clone(),
+                weights: m.nf4_weights().count() as u64,
+            });
+        }
         let l = c.num_layers;
         match &c.moe {
             Moe::Dense => {}
@@ -159,6 +196,7 @@ impl Summary {
             bytes: w.total_bytes(),
             files: w.shard_count() as u64,
             dtypes,
+            quantization: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`craft`]: dense -> PESC (shared FFN, zero-initialised adapters, router).
 //! - [`upcycle`]: dense -> Mixtral (full FFN copies, router).
 //! - [`Import`]: a llama.cpp GGUF file -> Hugging Face folder.
+//! - [`quantize_nf4`]: linear layers to NF4, in transformers' bitsandbytes layout.
 //! - [`Merge`]: a PEFT LoRA adapter merged into its base (`merge-lora`).
 
 mod card;
@@ -16,6 +17,7 @@ mod gguf_tokenizer;
 mod gguf_vocab;
 mod import;
 mod init;
+mod nf4;
 mod merge;
 mod peft;
 mod reshard;
@@ -32,7 +34,8 @@ pub use gguf_vocab::{gguf_vocab, VocabKind};
 pub use import::Import;
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;
-pub use merge::{lora_delta, nf4_quantized, Merge, MergeRequest, Onto, ReportRow, MOE_TENSORS, REPORT_FILE};
+pub use nf4::{nf4_config, nf4_targets, quantize_nf4, validate_nf4};
+pub use merge::{lora_delta, Merge, MergeRequest, Onto, ReportRow, MOE_TENSORS, REPORT_FILE};
 pub use peft::{LoraConfig, ModuleSelector, PeftAdapter, Scaling, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use reshard::reshard;
 pub use upcycle::{mixtral_config, upcycle, validate_upcycle, UpcycleParams};

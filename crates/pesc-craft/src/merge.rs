@@ -12,7 +12,7 @@ use pesc_arch::Model;
 use pesc_io::{write_weights, OutputDir, SafetensorsFile, TensorInfo, TensorSpec};
 use pesc_quant::nf4::{self, Nf4Options};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The file of trained router and adapter tensors the reference
@@ -55,26 +55,6 @@ pub struct MergeRequest {
     pub dtype: StoreDType,
 }
 
-/// Whether NF4 quantizes the tensor `name` (the weight of a linear layer of
-/// attention or FFN; not embeddings, norms, `lm_head`, routers or adapters).
-#[must_use]
-pub fn nf4_quantized(name: &str) -> bool {
-    const LINEARS: [&str; 7] = [
-        ".self_attn.q_proj.weight",
-        ".self_attn.k_proj.weight",
-        ".self_attn.v_proj.weight",
-        ".self_attn.o_proj.weight",
-        ".mlp.gate_proj.weight",
-        ".mlp.up_proj.weight",
-        ".mlp.down_proj.weight",
-    ];
-    let mixtral = name.contains(".block_sparse_moe.experts.")
-        && [".w1.weight", ".w2.weight", ".w3.weight"]
-            .iter()
-            .any(|s| name.ends_with(s));
-    name.starts_with("model.layers.") && (LINEARS.iter().any(|s| name.ends_with(s)) || mixtral)
-}
-
 /// One LoRA delta to add.
 #[derive(Debug, Clone)]
 pub struct LoraTarget {
@@ -115,6 +95,8 @@ pub struct Merge {
     /// LoRA deltas by base tensor name.
     pub loras: BTreeMap<String, LoraTarget>,
     replaced: BTreeMap<String, Source>,
+    /// The weights NF4 quantizes ([`crate::nf4_targets`]).
+    quantized: BTreeSet<String>,
     /// Stored dtype.
     pub dtype: StoreDType,
     /// Things the user should know (printed as warnings).
@@ -291,6 +273,29 @@ fn four_bit_evidence(
     Ok(None)
 }
 
+/// Every tensor of `base` by name and shape, NF4 weights with their original
+/// shape and without their quantization state tensors.
+fn logical_shapes(base: &Model) -> BTreeMap<String, Vec<u64>> {
+    base.weights
+        .tensors()
+        .filter(|t| !is_nf4_state(base, &t.name))
+        .map(|t| {
+            (
+                t.name.clone(),
+                base.shape_of(&t.name).unwrap_or_else(|| t.shape.clone()),
+            )
+        })
+        .collect()
+}
+
+/// Whether `name` is one of the tensors that store an NF4 weight's quantization state.
+fn is_nf4_state(base: &Model, name: &str) -> bool {
+    base.nf4_weights().any(|(w, _)| {
+        name.strip_prefix(w)
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
 impl Merge {
     /// Opens the adapter in `adapter_dir` and checks it, and every extra
     /// tensor file beside it, against `base`.
@@ -319,6 +324,16 @@ impl Merge {
                 "no record of a 4-bit base in the adapter".to_owned(),
             ),
         };
+        let nf4_base = base.quantization.is_some();
+        if nf4_base && onto == Onto::Original {
+            return Err(CraftError::Invalid(format!(
+                "`{}` is an NF4 folder: its original 16-bit weights are gone, so --onto original is impossible; merge onto the dequantized weights (the default) or use the 16-bit base",
+                base.dir.display()
+            )));
+        }
+        if nf4_base && (req.blocksize.is_some() || req.no_double_quant) {
+            warnings.push("the base is an NF4 folder: its weights are read as stored, so --blocksize and --no-double-quant do not apply".to_owned());
+        }
         let recorded_dq = evidence.as_ref().and_then(|(_, dq)| *dq);
         let nf4 = Nf4Options {
             blocksize: req.blocksize.unwrap_or(64),
@@ -327,12 +342,12 @@ impl Merge {
         nf4.check()
             .map_err(|e| CraftError::Invalid(format!("--blocksize: {e}")))?;
 
-        // The base's modules: every 2-D `.weight`.
-        let modules: BTreeMap<&str, &TensorInfo> = base
-            .weights
-            .tensors()
-            .filter(|t| t.shape.len() == 2)
-            .filter_map(|t| t.name.strip_suffix(".weight").map(|m| (m, t)))
+        // The base's modules: every 2-D `.weight` (NF4 weights by their original shape).
+        let shapes = logical_shapes(base);
+        let modules: BTreeMap<&str, &[u64]> = shapes
+            .iter()
+            .filter(|(_, s)| s.len() == 2)
+            .filter_map(|(n, s)| n.strip_suffix(".weight").map(|m| (m, s.as_slice())))
             .collect();
         let is_linear = |m: &str| m != "lm_head" && !m.ends_with("embed_tokens");
         let selected: Vec<&str> = modules
@@ -388,17 +403,17 @@ impl Merge {
                 let bad = |p: String| {
                     CraftError::Invalid(format!("`{}`: tensor `{}` {p}", file.display(), t.name))
                 };
-                let Some(b) = base.weights.get(&name) else {
+                let Some(b_shape) = shapes.get(&name) else {
                     return Err(bad(format!(
                         "has no counterpart `{name}` in `{}`",
                         base.dir.display()
                     )));
                 };
-                if b.shape != t.shape {
+                if *b_shape != t.shape {
                     return Err(bad(format!(
                         "has shape {} but `{name}` in the base is {}",
                         pesc_tensor::shape_str(&t.shape),
-                        pesc_tensor::shape_str(&b.shape)
+                        pesc_tensor::shape_str(b_shape)
                     )));
                 }
                 if !t.dtype.is_compute_float() {
@@ -469,6 +484,7 @@ impl Merge {
             nf4,
             loras,
             replaced,
+            quantized: crate::nf4_targets(base).into_iter().collect(),
             dtype: req.dtype,
             warnings,
         })
@@ -482,7 +498,7 @@ impl Merge {
         file: &Path,
         module: &str,
         lm: &LoraModule,
-        weight: Option<&TensorInfo>,
+        weight: Option<&[u64]>,
         hidden: u64,
         is_linear: &dyn Fn(&str) -> bool,
     ) -> Result<LoraTarget, CraftError> {
@@ -508,7 +524,7 @@ impl Merge {
             return Err(bad("has LoRA weights but `target_modules` (with exclude_modules, layers_to_transform, modules_to_save) does not select it".into()));
         }
         let scaling = cfg.scaling(module);
-        let (out, inp) = (w.shape[0], w.shape[1]);
+        let (out, inp) = (w[0], w[1]);
         let shape = pesc_tensor::shape_str;
         if a.shape.len() != 2 || b.shape.len() != 2 {
             return Err(bad(format!(
@@ -534,7 +550,7 @@ impl Merge {
                 "shape mismatch: lora_B @ lora_A is [{}, {}] but `{module}.weight` in the base is {}; was the adapter made for another base? (the base's hidden_size is {hidden})",
                 b.shape[0],
                 a.shape[1],
-                shape(&w.shape)
+                shape(w)
             )));
         }
         match (&lm.magnitude, cfg.use_dora) {
@@ -576,7 +592,7 @@ impl Merge {
     pub fn changes(&self, name: &str) -> bool {
         self.loras.contains_key(name)
             || self.replaced.contains_key(name)
-            || (self.onto == Onto::DequantizedNf4 && nf4_quantized(name))
+            || (self.onto == Onto::DequantizedNf4 && self.quantized.contains(name))
     }
 
     /// Names of the base tensors replaced whole.
@@ -606,13 +622,7 @@ impl Merge {
         let (dtype, bytes) = match self.replaced.get(name) {
             Some(Source::Adapter(t)) => (t.dtype, self.adapter.weights.read(t)?),
             Some(Source::Extra(i, t)) => (t.dtype, self.extras[*i].read(t)?),
-            None => {
-                let t = base
-                    .weights
-                    .get(name)
-                    .ok_or_else(|| CraftError::Invalid(format!("no tensor `{name}`")))?;
-                (t.dtype, base.weights.read(name)?)
-            }
+            None => return Ok(base.read_f32(name)?),
         };
         pesc_tensor::to_f32(dtype, &bytes)
             .ok_or_else(|| CraftError::Invalid(format!("tensor `{name}`: not a float tensor")))
@@ -625,7 +635,8 @@ impl Merge {
         name: &str,
     ) -> Result<(Vec<f32>, Option<ReportRow>), CraftError> {
         let mut w = self.source_values(base, name)?;
-        let quantized = nf4_quantized(name);
+        // An NF4 base's weights are dequant(NF4(W)) already, and W is unknown.
+        let quantized = self.quantized.contains(name) && base.nf4(name).is_none();
         let lora = self.loras.get(name);
         let mut nf4_error_rms = None;
         if quantized && (self.onto == Onto::DequantizedNf4 || lora.is_some()) {
@@ -685,14 +696,23 @@ impl Merge {
         let specs: Vec<TensorSpec> = base
             .weights
             .tensors()
-            .filter(|t| !t.name.ends_with(".rotary_emb.inv_freq"))
-            .map(|t| TensorSpec {
-                name: t.name.clone(),
-                dtype: self.dtype.of(t.dtype),
-                shape: t.shape.clone(),
+            .filter(|t| !t.name.ends_with(".rotary_emb.inv_freq") && !is_nf4_state(base, &t.name))
+            .map(|t| match base.nf4(&t.name) {
+                Some(info) => TensorSpec {
+                    name: t.name.clone(),
+                    dtype: self.dtype.of(info.dtype),
+                    shape: info.shape.clone(),
+                },
+                None => TensorSpec {
+                    name: t.name.clone(),
+                    dtype: self.dtype.of(t.dtype),
+                    shape: t.shape.clone(),
+                },
             })
             .collect();
         let mut config = base.config.raw.clone();
+        // The output is 16-bit whatever the base was.
+        config.remove("quantization_config");
         if let StoreDType::To(d) = self.dtype {
             set_config_dtype(&mut config, d);
         }
@@ -703,7 +723,7 @@ impl Merge {
             specs,
             shard_size,
             &mut |spec, w| {
-                if !self.changes(&spec.name) {
+                if !self.changes(&spec.name) && base.nf4(&spec.name).is_none() {
                     return emit_tensor(base, &spec.name, spec.dtype, w);
                 }
                 let (values, row) = self.merged_values(base, &spec.name)?;
@@ -856,25 +876,5 @@ mod tests {
         let mut w = vec![3.0, 4.0, 0.0, 2.0];
         apply_dora(&mut w, &[10.0, 1.0], 2);
         assert_eq!(w, vec![6.0, 8.0, 0.0, 1.0]);
-    }
-
-    #[test]
-    fn nf4_takes_attention_and_ffn_linears_only() {
-        assert!(nf4_quantized("model.layers.3.self_attn.k_proj.weight"));
-        assert!(nf4_quantized("model.layers.0.mlp.down_proj.weight"));
-        assert!(nf4_quantized(
-            "model.layers.0.block_sparse_moe.experts.1.w2.weight"
-        ));
-        for n in [
-            "model.embed_tokens.weight",
-            "lm_head.weight",
-            "model.layers.0.input_layernorm.weight",
-            "model.layers.0.self_attn.q_proj.bias",
-            "model.layers.0.mlp.moe_adapter.router.weight",
-            "model.layers.0.mlp.moe_adapter.experts.expert_0.adapter_down.weight",
-            "model.layers.0.block_sparse_moe.gate.weight",
-        ] {
-            assert!(!nf4_quantized(n), "{n}");
-        }
     }
 }

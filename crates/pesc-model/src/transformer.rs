@@ -129,13 +129,12 @@ impl Loader<'_> {
     /// Loads the tensor this tool calls `name` (PESC naming variants resolved).
     fn tensor(&self, name: &str) -> Result<Tensor> {
         let stored = self.model.stored_name(name);
-        let info = self.model.weights.get(&stored).ok_or_else(|| {
+        let shape = self.model.shape_of(&stored).ok_or_else(|| {
             ModelError::Input(format!("`{}`: tensor `{stored}` is missing", self.model.dir.display()))
         })?;
-        let bytes = self.model.weights.read(&stored)?;
-        let values = pesc_tensor::to_f32(info.dtype, &bytes)
-            .ok_or_else(|| ModelError::Input(format!("tensor `{stored}` has dtype {}, not a float type", info.dtype)))?;
-        let shape: Vec<usize> = info.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+        // Float tensors converted, NF4 weights dequantized.
+        let values = self.model.read_f32(&stored)?;
+        let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
         Ok(Tensor::from_vec(values, shape, self.device)?.to_dtype(self.dtype)?)
     }
 
