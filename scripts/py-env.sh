@@ -16,7 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 REQS="$ROOT/fixtures/requirements.txt"
 # Pins needed by crosscheck.py beyond what the fixtures need.
-EXTRA=(jsonschema==4.26.0 gguf==0.19.0 bitsandbytes==0.50.2 accelerate==1.15.0)
+EXTRA=(jsonschema==4.26.0 gguf==0.19.0 bitsandbytes==0.50.2 accelerate==1.15.0 peft==0.21.2)
 
 log() { echo "py-env: $*" >&2; }
 

@@ -38,6 +38,8 @@ pub enum Command {
     VerifyManifest(VerifyManifestArgs),
     /// Write a dense llama/mistral model as one llama.cpp GGUF file (f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, Q4_K_M).
     Quantize(QuantizeArgs),
+    /// Merge a PEFT LoRA adapter (and trained PESC tensors beside it) into a base model folder.
+    MergeLora(MergeLoraArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -409,6 +411,37 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "N")]
     pub blocksize: Option<usize>,
     /// nf4 only: store the absmax as f32 instead of quantizing it again (bnb_4bit_use_double_quant false).
+    #[arg(long)]
+    pub no_double_quant: bool,
+}
+
+/// `merge-lora --onto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OntoArg {
+    /// Add each delta to dequant(NF4(W)), what a QLoRA adapter was trained against.
+    DequantizedNf4,
+    /// Add each delta to the base weight as stored.
+    Original,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MergeLoraArgs {
+    /// The base model folder the adapter was trained on (dense or PESC).
+    pub base: PathBuf,
+    /// A PEFT adapter folder (adapter_config.json, adapter_model.safetensors, optional moe_model.safetensors).
+    pub adapter: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// What the deltas are added to. Default: dequantized-nf4 when the adapter records a 4-bit base, else original.
+    #[arg(long, value_enum)]
+    pub onto: Option<OntoArg>,
+    /// Stored dtype of the output tensors (keep: the base's).
+    #[arg(long, value_enum, default_value_t = DTypeArg::Keep)]
+    pub dtype: DTypeArg,
+    /// NF4 block size (a power of two from 32 to 4096; default 64, as bitsandbytes).
+    #[arg(long)]
+    pub blocksize: Option<usize>,
+    /// NF4 without double quantization of the block scales (default: as the adapter records, else on).
     #[arg(long)]
     pub no_double_quant: bool,
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 /// A path as the model card quotes it: its last component, so that the card
 /// (and the folder's bytes) do not depend on where the folders live.
-fn shown(path: &std::path::Path) -> String {
+pub(crate) fn shown(path: &std::path::Path) -> String {
     let name = std::fs::canonicalize(path).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
     let name = name.or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
     if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+@".contains(c)) {

@@ -7,6 +7,7 @@ mod craft;
 mod import;
 mod inspect;
 mod logits;
+mod merge_lora;
 mod output;
 mod progress;
 mod publish;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         cli::Command::Reshard(a) => reshard::run(&a),
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
         cli::Command::Quantize(a) => quantize::run(&a),
+        cli::Command::MergeLora(a) => merge_lora::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

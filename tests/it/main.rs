@@ -5,6 +5,7 @@ mod hostile;
 mod craft;
 mod gguf;
 mod io;
+mod merge;
 mod nf4;
 mod quantize;
 mod runner;

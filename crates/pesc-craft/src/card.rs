@@ -16,28 +16,33 @@ pub(crate) struct Card<'a> {
     pub description: String,
     /// Rows of the facts table.
     pub facts: Vec<(String, String)>,
-    /// Extra tags beyond `moe`.
+    /// Tags.
     pub tags: Vec<&'static str>,
     /// The command that produced the folder.
     pub command: String,
 }
 
-/// The base model's name: `_name_or_path` from its config when it looks like
-/// a Hub id, else its folder name.
+/// `_name_or_path` from the model's config when it looks like a Hub id.
+#[must_use]
+pub(crate) fn hub_id(model: &Model) -> Option<String> {
+    let id = model
+        .config
+        .raw
+        .get("_name_or_path")
+        .and_then(|v| v.as_str())?;
+    (id.split('/').count() == 2 && !id.starts_with('/') && !id.starts_with('.'))
+        .then(|| id.to_owned())
+}
+
+/// The base model's name: its Hub id (see [`hub_id`]), else its folder name.
 #[must_use]
 pub(crate) fn base_model_name(model: &Model) -> String {
-    let from_config = model.config.raw.get("_name_or_path").and_then(|v| v.as_str()).filter(|s| {
-        s.split('/').count() == 2 && !s.starts_with('/') && !s.starts_with('.')
-    });
-    from_config.map_or_else(
-        || {
-            std::fs::canonicalize(&model.dir)
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "dense-model".into())
-        },
-        str::to_owned,
-    )
+    hub_id(model).unwrap_or_else(|| {
+        std::fs::canonicalize(&model.dir)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "dense-model".into())
+    })
 }
 
 /// The `license:` of the base folder's model card front matter, if any.
@@ -46,7 +51,13 @@ pub(crate) fn base_license(model: &Model) -> Option<String> {
     let text = pesc_io::read_capped(&model.dir.join("README.md"), 1 << 20).ok()?;
     let text = String::from_utf8(text).ok()?;
     let front = text.strip_prefix("---\n")?.split("\n---").next()?;
-    front.lines().find_map(|l| l.strip_prefix("license:").map(|v| v.trim().trim_matches('"').to_owned())).filter(|v| !v.is_empty())
+    front
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("license:")
+                .map(|v| v.trim().trim_matches('"').to_owned())
+        })
+        .filter(|v| !v.is_empty())
 }
 
 fn yaml_str(s: &str) -> String {
@@ -64,7 +75,7 @@ impl Card<'_> {
             let _ = writeln!(s, "license: {}", yaml_str(&l));
         }
         s.push_str("tags:\n");
-        for t in std::iter::once(&"moe").chain(&self.tags) {
+        for t in &self.tags {
             let _ = writeln!(s, "- {t}");
         }
         s.push_str("---\n\n");
@@ -100,22 +111,36 @@ pub fn thousands(n: u64) -> String {
 /// Parameter counts `(total, active per token)` of `model` crafted with `p`.
 #[must_use]
 pub fn craft_counts(model: &Model, p: &crate::CraftParams) -> (u64, u64) {
-    let dense: u64 = model.weights.tensors().map(pesc_io::TensorInfo::numel).sum();
+    let dense: u64 = model
+        .weights
+        .tensors()
+        .map(pesc_io::TensorInfo::numel)
+        .sum();
     let (l, h) = (model.config.num_layers, model.config.hidden_size);
     let per_expert = 2 * h * p.adapter_dim;
     let router = p.experts * h;
-    (dense + l * (p.experts * per_expert + router), dense + l * (p.top_k * per_expert + router))
+    (
+        dense + l * (p.experts * per_expert + router),
+        dense + l * (p.top_k * per_expert + router),
+    )
 }
 
 /// Parameter counts `(total, active per token)` of `model` upcycled with `p`.
 #[must_use]
 pub fn upcycle_counts(model: &Model, p: &crate::UpcycleParams) -> (u64, u64) {
-    let dense: u64 = model.weights.tensors().map(pesc_io::TensorInfo::numel).sum();
+    let dense: u64 = model
+        .weights
+        .tensors()
+        .map(pesc_io::TensorInfo::numel)
+        .sum();
     let c = &model.config;
     let ffn = 3 * c.hidden_size * c.intermediate_size;
     let router = p.experts * c.hidden_size;
     let base = dense - c.num_layers * ffn;
-    (base + c.num_layers * (p.experts * ffn + router), base + c.num_layers * (p.top_k * ffn + router))
+    (
+        base + c.num_layers * (p.experts * ffn + router),
+        base + c.num_layers * (p.top_k * ffn + router),
+    )
 }
 
 /// The card of a crafted PESC folder.
@@ -139,7 +164,7 @@ pub fn craft_card(model: &Model, p: &crate::CraftParams, command: &str) -> Strin
             ("moe_scaling".into(), p.scaling.to_string()),
             ("init seed".into(), p.seed.to_string()),
         ],
-        tags: vec!["pesc", "mixture-of-experts", "pesc-convert"],
+        tags: vec!["moe", "pesc", "mixture-of-experts", "pesc-convert"],
         command: command.into(),
     }
     .render()
@@ -164,7 +189,82 @@ pub fn upcycle_card(model: &Model, p: &crate::UpcycleParams, command: &str) -> S
             ("experts".into(), format!("{} per layer, top-{}", p.experts, p.top_k)),
             ("init seed".into(), p.seed.to_string()),
         ],
-        tags: vec!["mixtral", "upcycled", "pesc-convert"],
+        tags: vec!["moe", "mixtral", "upcycled", "pesc-convert"],
+        command: command.into(),
+    }
+    .render()
+}
+
+/// The card of a folder made by `merge-lora`.
+#[must_use]
+pub fn merge_card(
+    model: &Model,
+    merge: &crate::Merge,
+    adapter_name: &str,
+    command: &str,
+) -> String {
+    let base = base_model_name(model);
+    let cfg = &merge.adapter.config;
+    let onto = match merge.onto {
+        crate::Onto::Original => "the base weights as stored".to_owned(),
+        crate::Onto::DequantizedNf4 => format!(
+            "the NF4-rounded base weights, `dequant(NF4(W))` (blocksize {}, double quant {}), which is what a QLoRA adapter was trained against",
+            merge.nf4.blocksize, merge.nf4.double_quant
+        ),
+    };
+    let variant = match (cfg.use_dora, cfg.use_rslora) {
+        (true, _) => "DoRA",
+        (false, true) => "rsLoRA",
+        (false, false) => "LoRA",
+    };
+    let mut facts = vec![
+        ("base model".into(), format!("`{base}`")),
+        (
+            "adapter".into(),
+            format!(
+                "`{adapter_name}`{}",
+                cfg.base_model
+                    .as_ref()
+                    .map_or(String::new(), |b| format!(" (trained on `{b}`)"))
+            ),
+        ),
+        ("merged onto".into(), merge.onto.name().to_owned()),
+        (format!("{variant} modules"), merge.loras.len().to_string()),
+        (
+            "r / alpha".into(),
+            format!(
+                "{} / {}{}",
+                cfg.r,
+                cfg.alpha,
+                if cfg.rank_pattern_len() + cfg.alpha_pattern_len() > 0 {
+                    " (with per-module patterns)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "tensors replaced whole".into(),
+            merge.replaced().count().to_string(),
+        ),
+    ];
+    if !matches!(model.config.moe, pesc_arch::Moe::Dense) {
+        facts.push(("architecture".into(), model.kind()));
+    }
+    let mut tags = vec!["lora", "merge", "pesc-convert"];
+    if !matches!(model.config.moe, pesc_arch::Moe::Dense) {
+        tags.insert(0, "moe");
+    }
+    Card {
+        base: model,
+        title: format!("{base} + {adapter_name} (merged)"),
+        description: format!(
+            "`{base}` with the {variant} adapter `{adapter_name}` merged into its weights: each targeted weight becomes `W + scaling * B @ A`{} with `W` {onto}. Per-weight sizes of the merged deltas against NF4's rounding error are in `merge-report.json`. The format is specified in pesc-convert's `docs/format.md`.",
+            if cfg.use_dora { ", rescaled per output row to the learned magnitude," } else { "" }
+        ),
+        base_model: base,
+        facts,
+        tags,
         command: command.into(),
     }
     .render()

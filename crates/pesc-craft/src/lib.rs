@@ -7,6 +7,7 @@
 //! - [`upcycle`]: dense -> Mixtral (full FFN copies, router).
 //! - [`Import`]: a llama.cpp GGUF file -> Hugging Face folder.
 //! - [`quantize_nf4`]: linear layers to NF4, in transformers' bitsandbytes layout.
+//! - [`Merge`]: a PEFT LoRA adapter merged into its base (`merge-lora`).
 
 mod card;
 mod craft;
@@ -16,10 +17,12 @@ mod gguf_vocab;
 mod import;
 mod init;
 mod nf4;
+mod merge;
+mod peft;
 mod reshard;
 mod upcycle;
 
-pub use card::{craft_card, craft_counts, thousands, upcycle_card, upcycle_counts};
+pub use card::{craft_card, craft_counts, merge_card, thousands, upcycle_card, upcycle_counts};
 pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
 pub use export::{
     check_exportable, export_gguf, export_metadata, permute_rows, plan_tensors, shape_fallback, size_label, ExportOptions, ExportSummary, GgufType, PlannedTensor,
@@ -30,6 +33,8 @@ pub use import::Import;
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;
 pub use nf4::{nf4_config, nf4_targets, quantize_nf4, validate_nf4};
+pub use merge::{lora_delta, Merge, MergeRequest, Onto, ReportRow, MOE_TENSORS, REPORT_FILE};
+pub use peft::{LoraConfig, ModuleSelector, PeftAdapter, Scaling, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use reshard::reshard;
 pub use upcycle::{mixtral_config, upcycle, validate_upcycle, UpcycleParams};
 
