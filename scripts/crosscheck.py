@@ -473,6 +473,20 @@ def transformers_logits(folder, token_ids, expect_class):
         return model.eval()(input_ids=torch.tensor([token_ids]), use_cache=False).logits[0]
 
 
+def distinct_mixtral(fixture, name, seed):
+    """The upcycled FIXTURE with its experts made different and its gates perturbed, so routing matters."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def change(key, t):
+        if ".block_sparse_moe.experts." in key:
+            return (t.float() + torch.randn(t.shape, generator=gen) * 0.02).to(t.dtype)
+        if key.endswith(".block_sparse_moe.gate.weight"):
+            return (t.float() + torch.randn(t.shape, generator=gen) * 0.5).to(t.dtype)
+        return t
+
+    return rewrite_copy(output("upcycle", fixture, *UPCYCLE), name, change)
+
+
 @check(over=MIXTRAL_RUNNER_FIXTURES)
 def mixtral_runner(fixture):
     """Our runner on the upcycled Mixtral folder equals transformers' MixtralForCausalLM within 1e-4."""
@@ -488,16 +502,7 @@ def mixtral_runner_distinct_experts(fixture):
     """As mixtral_runner, with the experts made different and the gates perturbed, so routing matters."""
     ref = reference(fixture)
     ids = ref["token_ids"].tolist()
-    gen = torch.Generator().manual_seed(7)
-
-    def change(key, t):
-        if ".block_sparse_moe.experts." in key:
-            return (t.float() + torch.randn(t.shape, generator=gen) * 0.02).to(t.dtype)
-        if key.endswith(".block_sparse_moe.gate.weight"):
-            return (t.float() + torch.randn(t.shape, generator=gen) * 0.5).to(t.dtype)
-        return t
-
-    folder = rewrite_copy(output("upcycle", fixture, *UPCYCLE), f"mixtral-distinct-{fixture}", change)
+    folder = distinct_mixtral(fixture, f"mixtral-distinct-{fixture}", seed=7)
     want = transformers_logits(folder, ids, "MixtralForCausalLM")
     diff = (rust_logits(folder, ids) - want).abs().max().item()
     assert diff <= 1e-4, f"max |runner - transformers| = {diff:.3g} > 1e-4"
@@ -829,16 +834,7 @@ def moe_source(kind):
     """A Mixtral (upcycled, experts made distinct) or PESC (non-zero adapters) model of llama-gqa."""
     if kind == "pesc":
         return nonzero_pesc("llama-gqa")
-    gen = torch.Generator().manual_seed(11)
-
-    def change(key, t):
-        if ".block_sparse_moe.experts." in key:
-            return (t.float() + torch.randn(t.shape, generator=gen) * 0.02).to(t.dtype)
-        if key.endswith(".block_sparse_moe.gate.weight"):
-            return (t.float() + torch.randn(t.shape, generator=gen) * 0.5).to(t.dtype)
-        return t
-
-    return rewrite_copy(output("upcycle", "llama-gqa", *UPCYCLE), "mixtral-gguf-llama-gqa", change)
+    return distinct_mixtral("llama-gqa", "mixtral-gguf-llama-gqa", seed=11)
 
 
 @check(over=[(k, t) for k in ["mixtral", "pesc"] for t in MOE_GGUF_TYPES])
