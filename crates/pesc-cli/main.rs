@@ -13,6 +13,7 @@ mod publish;
 mod quantize;
 mod reshard;
 mod run;
+mod train;
 mod verify;
 mod verify_manifest;
 
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         cli::Command::Reshard(a) => reshard::run(&a),
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
         cli::Command::Quantize(a) => quantize::run(&a),
+        cli::Command::Train(a) => train::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
