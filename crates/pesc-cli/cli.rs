@@ -472,6 +472,9 @@ pub struct TrainArgs {
     /// Save a checkpoint every N steps (and always at the end).
     #[arg(long, default_value_t = 100)]
     pub save_every: usize,
+    /// Stop after this many steps with a checkpoint, as an interruption would (the schedule still follows --steps).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
     /// Continue the run in this folder from its checkpoint (same model, data and flags).
     #[arg(long, value_name = "RUN")]
     pub resume: Option<PathBuf>,

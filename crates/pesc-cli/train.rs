@@ -147,7 +147,8 @@ fn train_loop(a: &TrainArgs, trainer: &mut Trainer) -> Result<()> {
     let started = std::time::Instant::now();
     let mut tokens = 0usize;
     let mut last = None;
-    while trainer.step_count() < a.steps {
+    let stop = a.stop_after.map_or(a.steps, |s| s.min(a.steps));
+    while trainer.step_count() < stop {
         let m = trainer.train_step().inspect_err(|_| bar.abandon())?;
         tokens += m.tokens;
         #[allow(clippy::cast_precision_loss)]

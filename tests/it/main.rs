@@ -8,3 +8,4 @@ mod io;
 mod quantize;
 mod runner;
 mod text;
+mod train;
