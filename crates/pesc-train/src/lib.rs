@@ -28,10 +28,10 @@ pub use run::{
 pub enum TrainError {
     /// From the runner (model folder, tokenizer).
     #[error(transparent)]
-    Model(#[from] pesc_model::ModelError),
+    Model(Box<pesc_model::ModelError>),
     /// From candle.
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
     /// A data file line that cannot be used.
     #[error("`{path}` line {line}: {message}")]
     Data {
@@ -67,6 +67,18 @@ pub enum TrainError {
         /// The checkpoint folder.
         dir: std::path::PathBuf,
     },
+}
+
+impl From<pesc_model::ModelError> for TrainError {
+    fn from(e: pesc_model::ModelError) -> Self {
+        TrainError::Model(Box::new(e))
+    }
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Candle(Box::new(e))
+    }
 }
 
 /// A `Result` with [`TrainError`].

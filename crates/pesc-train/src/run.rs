@@ -101,9 +101,7 @@ impl Trainer {
                 "--batch-size and --grad-accum must be at least 1".into(),
             ));
         }
-        if !(opts.lr.is_finite() && opts.lr > 0.0)
-            || !(0.0..=1.0).contains(&opts.warmup_ratio)
-            || !opts.weight_decay.is_finite()
+        if !(opts.lr.is_finite() && opts.lr > 0.0 && (0.0..=1.0).contains(&opts.warmup_ratio) && opts.weight_decay.is_finite())
         {
             return Err(TrainError::Invalid(
                 "--lr must be positive, --warmup-ratio in [0, 1]".into(),
@@ -355,7 +353,7 @@ impl Trainer {
                 serde_json::from_str::<Value>(l)
                     .ok()
                     .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s as usize <= step)
+                    .is_some_and(|s| usize::try_from(s).is_ok_and(|s| s <= step))
             })
             .map(|l| format!("{l}\n"))
             .collect();
