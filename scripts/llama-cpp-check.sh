@@ -191,7 +191,7 @@ def with_pre(src, dst, pre):
 
 
 # 3b. The pre-tokenizers import-gguf rebuilds, against llama.cpp's own for the same name.
-for pre in ["default", "gpt2", "llama-bpe", "qwen2"]:
+for pre in ["default", "gpt-2", "llama-bpe", "qwen2", "smollm"]:
     variant = TMP / f"pre-{pre}.gguf"
     with_pre(TMP / "ours-q8_0.gguf", variant, pre)
     folder = TMP / f"pre-{pre}"

@@ -36,10 +36,12 @@ pub enum Command {
     Reshard(ReshardArgs),
     /// Recompute every hash in DIR/pesc-manifest.json (and SHA256SUMS); exit 1 on the first mismatch.
     VerifyManifest(VerifyManifestArgs),
-    /// Write a dense llama/mistral model as one llama.cpp GGUF file (f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, Q4_K_M).
+    /// Quantize a model: to one GGUF file (dense and Mixtral as llama.cpp's `llama`, PESC as `pesc`) or to an NF4 folder.
     Quantize(QuantizeArgs),
     /// Merge a PEFT LoRA adapter (and trained PESC tensors beside it) into a base model folder.
     MergeLora(MergeLoraArgs),
+    /// Train a PESC model's adapters and routers, with LoRA on the frozen base (writes a run folder that merge-lora takes).
+    Train(TrainArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -444,4 +446,79 @@ pub struct MergeLoraArgs {
     /// NF4 without double quantization of the block scales (default: as the adapter records, else on).
     #[arg(long)]
     pub no_double_quant: bool,
+}
+
+/// `train --template`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TemplateArg {
+    /// The model's chat template (the reference one when the model has none).
+    Chat,
+    /// The reference implementation's `### System / ### Human / ### Assistant` prompt.
+    Reference,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// A PESC model folder (made by `craft`).
+    pub model: PathBuf,
+    /// Training data, JSONL: reference `conversation`, Alpaca, chat `messages` or `input_ids` records.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The run folder: metrics.jsonl, the PEFT LoRA, moe_model.safetensors, checkpoint/. Must not exist unless it is the --resume run.
+    #[arg(short = 'o', long = "output", value_name = "RUN")]
+    pub output: PathBuf,
+    /// Optimizer steps (0 writes the initial adapters).
+    #[arg(long)]
+    pub steps: usize,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Longest sequence in tokens; longer records are truncated (and counted).
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Peak learning rate (AdamW, constant after warmup).
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Share of the steps spent in linear warmup.
+    #[arg(long, default_value_t = 0.03)]
+    pub warmup_ratio: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Largest global gradient norm.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// LoRA rank (0: train only the adapters and routers).
+    #[arg(long, default_value_t = 64)]
+    pub lora_r: usize,
+    /// LoRA alpha (the delta is scaled by alpha / r).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Base linears that get LoRA, comma-separated.
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    pub lora_targets: String,
+    /// Dropout on the adapter input while training.
+    #[arg(long, default_value_t = 0.1)]
+    pub adapter_dropout: f64,
+    /// Coefficient of the Switch balancing loss.
+    #[arg(long, default_value_t = 0.01)]
+    pub aux_loss_coef: f64,
+    /// Prompt template of text records.
+    #[arg(long, value_enum, default_value_t = TemplateArg::Chat)]
+    pub template: TemplateArg,
+    /// Seed of the LoRA initialisation, the data order and dropout.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Save a checkpoint every N steps (and always at the end).
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    /// Stop after this many steps with a checkpoint, as an interruption would (the schedule still follows --steps).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Continue the run in this folder from its checkpoint (same model, data and flags).
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<PathBuf>,
 }

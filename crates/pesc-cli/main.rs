@@ -14,6 +14,7 @@ mod publish;
 mod quantize;
 mod reshard;
 mod run;
+mod train;
 mod verify;
 mod verify_manifest;
 
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         cli::Command::VerifyManifest(a) => verify_manifest::run(&a),
         cli::Command::Quantize(a) => quantize::run(&a),
         cli::Command::MergeLora(a) => merge_lora::run(&a),
+        cli::Command::Train(a) => train::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,3 +10,4 @@ mod nf4;
 mod quantize;
 mod runner;
 mod text;
+mod train;

@@ -14,7 +14,7 @@
 //! (`y = f + s * sum_k w_k * A_k(f)`), so zero adapters reproduce the dense
 //! model bit for bit.
 
-mod rope;
+pub mod rope;
 mod sample;
 mod text;
 mod transformer;

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use pesc_arch::{ModelConfig, RopeScaling};
 
 /// Inverse frequencies of the `head_dim / 2` rotation pairs.
-pub(crate) fn inv_freq(cfg: &ModelConfig) -> Result<Vec<f32>> {
+pub fn inv_freq(cfg: &ModelConfig) -> Result<Vec<f32>> {
     #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
     let (dim, base) = (cfg.head_dim as usize, cfg.rope_theta as f32);
     #[allow(clippy::cast_precision_loss)]
@@ -43,7 +43,7 @@ pub(crate) fn inv_freq(cfg: &ModelConfig) -> Result<Vec<f32>> {
 }
 
 /// `cos` and `sin` tables, `[T, head_dim]` each, for positions `start .. start + len`.
-pub(crate) fn tables(inv_freq: &[f32], start: usize, len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn tables(inv_freq: &[f32], start: usize, len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = inv_freq.len();
     let mut cos = Vec::with_capacity(len * half * 2);
     let mut sin = Vec::with_capacity(len * half * 2);
@@ -61,7 +61,7 @@ pub(crate) fn tables(inv_freq: &[f32], start: usize, len: usize, dtype: DType, d
 }
 
 /// Rotates `x` (`[heads, T, head_dim]`) by the tables: `x cos + rotate_half(x) sin`.
-pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(2)?;
     let x1 = x.narrow(2, 0, d / 2)?;
     let x2 = x.narrow(2, d / 2, d / 2)?;

@@ -1,0 +1,195 @@
+//! `pesc-convert train PESC --data FILE.jsonl -o RUN --steps N`.
+
+use crate::cli::{TemplateArg, TrainArgs};
+use crate::output;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressStyle};
+use pesc_model::Weights;
+use pesc_train::{
+    Dataset, LoraTarget, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer,
+};
+
+pub fn run(a: &TrainArgs) -> Result<()> {
+    crate::stop_cleanly_on_interrupt();
+    let targets = a
+        .lora_targets
+        .split(',')
+        .map(|t| {
+            LoraTarget::parse(t).with_context(|| {
+                format!("--lora-targets: `{t}` is not one of q, k, v, o, gate, up, down")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if a.save_every == 0 {
+        bail!("--save-every must be at least 1");
+    }
+    let model = Weights::open(&a.model)?;
+    let cfg = model.config();
+    if !matches!(cfg.moe, pesc_arch::Moe::Pesc(_)) {
+        bail!(
+            "`{}` is not a PESC model ({}); craft one with `pesc-convert craft`",
+            a.model.display(),
+            model.kind()
+        );
+    }
+    let text = if model.has_tokenizer() {
+        Some(model.text()?)
+    } else {
+        None
+    };
+    let template = match a.template {
+        TemplateArg::Reference => Template::Reference,
+        TemplateArg::Chat
+            if text
+                .as_ref()
+                .is_some_and(pesc_model::TextModel::has_chat_template) =>
+        {
+            Template::Chat
+        }
+        TemplateArg::Chat => Template::Reference,
+    };
+    let id = |key: &str| {
+        cfg.raw
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    let eos =
+        id("eos_token_id").or_else(|| text.as_ref().and_then(|t| t.eos_ids().first().copied()));
+    let tk = Tokenizing {
+        text: text.as_ref(),
+        template,
+        bos: id("bos_token_id"),
+        eos,
+        vocab: usize::try_from(cfg.vocab_size)?,
+        seq_len: a.seq_len,
+    };
+    let data = Dataset::load(&a.data, &tk)?;
+    output::note(&format!(
+        "{} records from `{}`{}",
+        data.examples.len(),
+        a.data.display(),
+        if data.truncated > 0 {
+            format!("; {} truncated to --seq-len {}", data.truncated, a.seq_len)
+        } else {
+            String::new()
+        }
+    ));
+    let moe_dtype = match cfg.raw.get("moe_dtype").and_then(serde_json::Value::as_str) {
+        Some("bfloat16") => DType::BF16,
+        Some("float16") => DType::F16,
+        _ => DType::F32,
+    };
+    let opts = TrainOptions {
+        lora_r: a.lora_r,
+        lora_alpha: a.lora_alpha,
+        lora_targets: targets,
+        adapter_dropout: a.adapter_dropout,
+        aux_loss_coef: a.aux_loss_coef,
+        seed: a.seed,
+        dtype: DType::F32,
+    };
+    if !(a.aux_loss_coef.is_finite() && a.aux_loss_coef >= 0.0) {
+        bail!("--aux-loss-coef must be a finite number >= 0");
+    }
+    let run_opts = RunOptions {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        lr: a.lr,
+        warmup_ratio: a.warmup_ratio,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+        moe_dtype,
+        base_model: a.model.display().to_string(),
+    };
+    let same_run = a
+        .resume
+        .as_ref()
+        .is_some_and(|r| std::fs::canonicalize(r).ok() == std::fs::canonicalize(&a.output).ok());
+    if !same_run && a.output.exists() {
+        bail!(
+            "`{}` exists; choose a new run folder (or pass it to --resume to continue it)",
+            a.output.display()
+        );
+    }
+    let train = TrainModel::load(&model, opts, &Device::Cpu)?;
+    let mut trainer = Trainer::new(train, data.examples, run_opts, &a.output)?;
+    if !same_run {
+        std::fs::create_dir_all(&a.output)
+            .with_context(|| format!("creating `{}`", a.output.display()))?;
+    }
+    let result = train_loop(a, &mut trainer);
+    if result.is_err() && !same_run && !a.output.join(pesc_train::CHECKPOINT_DIR).exists() {
+        let _ = std::fs::remove_dir_all(&a.output);
+    }
+    result
+}
+
+fn train_loop(a: &TrainArgs, trainer: &mut Trainer) -> Result<()> {
+    if let Some(from) = &a.resume {
+        trainer.resume(from)?;
+        output::note(&format!(
+            "resumed from step {} of `{}`",
+            trainer.step_count(),
+            from.display()
+        ));
+    }
+    let bar = ProgressBar::new(a.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} steps, {msg}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_position(trainer.step_count() as u64);
+    let started = std::time::Instant::now();
+    let mut tokens = 0usize;
+    let mut last = None;
+    let stop = a.stop_after.map_or(a.steps, |s| s.min(a.steps));
+    while trainer.step_count() < stop {
+        let m = trainer.train_step().inspect_err(|_| bar.abandon())?;
+        tokens += m.tokens;
+        #[allow(clippy::cast_precision_loss)]
+        let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("loss {:.4}", m.loss));
+        bar.set_prefix(format!("{rate:.0} tok/s"));
+        bar.set_position(m.step as u64);
+        if m.step % a.save_every == 0 {
+            trainer.save_checkpoint()?;
+        }
+        if pesc_io::interrupted() {
+            let dir = trainer.save_checkpoint()?;
+            bar.abandon();
+            output::note(&format!(
+                "interrupted after step {}; checkpoint saved in `{}`; continue with --resume {}",
+                m.step,
+                dir.display(),
+                a.output.display()
+            ));
+            #[allow(clippy::exit)]
+            std::process::exit(130);
+        }
+        last = Some((m, rate));
+    }
+    bar.finish_and_clear();
+    trainer.save_checkpoint()?;
+    trainer.save_outputs()?;
+    if let Some((m, rate)) = last {
+        output::note(&format!(
+            "step {}: loss {:.4}, aux {:.5}, {rate:.0} tokens/s; wrote `{}`",
+            m.step,
+            m.loss,
+            m.aux_loss,
+            a.output.display()
+        ));
+    } else {
+        output::note(&format!(
+            "no steps to run; wrote the adapters of step {} to `{}`",
+            trainer.step_count(),
+            a.output.display()
+        ));
+    }
+    Ok(())
+}

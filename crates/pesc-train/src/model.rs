@@ -1,0 +1,596 @@
+//! The differentiable PESC forward: the runner's computation (`pesc-model`'s
+//! transformer) on candle autograd, with the base frozen and the adapters,
+//! routers and LoRA matrices trainable.
+
+use crate::rng::{uniform, SplitMix64};
+use crate::{Example, Result, TrainError};
+use candle_core::{DType, Device, Tensor, Var, D};
+use pesc_arch::{ExpertNaming, Moe};
+use pesc_model::{rope, Weights};
+
+/// A base linear layer LoRA can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LoraTarget {
+    /// `self_attn.q_proj`.
+    Q,
+    /// `self_attn.k_proj`.
+    K,
+    /// `self_attn.v_proj`.
+    V,
+    /// `self_attn.o_proj`.
+    O,
+    /// `mlp.gate_proj` (the shared FFN).
+    Gate,
+    /// `mlp.up_proj`.
+    Up,
+    /// `mlp.down_proj`.
+    Down,
+}
+
+impl LoraTarget {
+    /// All targets, the default.
+    pub const ALL: [LoraTarget; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// PEFT's module name (`q_proj`, ...).
+    #[must_use]
+    pub fn module(self) -> &'static str {
+        match self {
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
+        }
+    }
+
+    /// Parses `q`, `q_proj`, `gate`, `gate_proj`, ...
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|t| t.module() == s || t.module().trim_end_matches("_proj") == s)
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Q | Self::K | Self::V | Self::O => "self_attn",
+            Self::Gate | Self::Up | Self::Down => "mlp",
+        }
+    }
+}
+
+/// What is trained and how.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// LoRA rank (0: no LoRA).
+    pub lora_r: usize,
+    /// LoRA alpha; the delta is scaled by `alpha / r`.
+    pub lora_alpha: f64,
+    /// The base linears that get LoRA.
+    pub lora_targets: Vec<LoraTarget>,
+    /// Dropout on the adapter input while training.
+    pub adapter_dropout: f64,
+    /// Coefficient of the balancing loss.
+    pub aux_loss_coef: f64,
+    /// Seed of the LoRA initialisation and of dropout.
+    pub seed: u64,
+    /// Compute dtype: F32, or F64 for gradient checks.
+    pub dtype: DType,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            lora_r: 64,
+            lora_alpha: 16.0,
+            lora_targets: LoraTarget::ALL.to_vec(),
+            adapter_dropout: 0.1,
+            aux_loss_coef: 0.01,
+            seed: 0,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// A frozen base matrix `[out, in]`, its bias, and LoRA `A [r, in]`, `B [out, r]`.
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+    lora: Option<(Var, Var)>,
+    scale: f64,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.matmul(&self.w.t()?)?;
+        if let Some((a, b)) = &self.lora {
+            y = (y + (x.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * self.scale)?)?;
+        }
+        if let Some(bias) = &self.b {
+            y = y.broadcast_add(bias)?;
+        }
+        Ok(y)
+    }
+}
+
+struct Adapter {
+    down: Var,
+    up: Var,
+}
+
+struct Layer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    router: Var,
+    experts: Vec<Adapter>,
+}
+
+/// A PESC model prepared for training.
+pub struct TrainModel {
+    layers: Vec<Layer>,
+    embed: Tensor,
+    norm: Tensor,
+    lm_head: Tensor,
+    inv_freq: Vec<f32>,
+    eps: f64,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+    vocab: usize,
+    top_k: usize,
+    scaling: f64,
+    /// Trainable tensors in a fixed order, by their saved names.
+    params: Vec<(String, Var)>,
+    opts: TrainOptions,
+    device: Device,
+}
+
+/// What one forward pass on a batch returns.
+pub struct Output {
+    /// Mean cross-entropy over the response tokens (scalar).
+    pub ce: Tensor,
+    /// The balancing loss, coefficient applied, summed over layers (scalar).
+    pub aux: Tensor,
+    /// Per layer, per expert: the share of (token, slot) assignments it received.
+    pub load: Vec<Vec<f64>>,
+    /// Response tokens the loss covers.
+    pub targets: usize,
+    /// Tokens in the batch (padding excluded).
+    pub tokens: usize,
+}
+
+fn usize_of(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// PEFT's name of LoRA matrix `which` (`A` or `B`) of `module` (`model.layers.0.self_attn.q_proj`).
+#[must_use]
+pub fn lora_name(module: &str, which: &str) -> String {
+    format!("base_model.model.{module}.lora_{which}.weight")
+}
+
+impl TrainModel {
+    /// Loads the PESC model of `weights`: base tensors frozen, adapters and
+    /// routers trainable from their stored values, LoRA `A` drawn like PEFT's
+    /// `kaiming_uniform_(a = sqrt(5))` (`U(-1/sqrt(in), 1/sqrt(in))`, seeded by name), `B` zero.
+    pub fn load(weights: &Weights, opts: TrainOptions, device: &Device) -> Result<Self> {
+        let cfg = weights.config();
+        let Moe::Pesc(pesc) = &cfg.moe else {
+            return Err(TrainError::Invalid(format!(
+                "`{}`: not a PESC model ({}); craft one with `pesc-convert craft`",
+                cfg.path.display(),
+                weights.kind()
+            )));
+        };
+        if !matches!(opts.dtype, DType::F32 | DType::F64) {
+            return Err(TrainError::Invalid(
+                "the trainer computes in f32 (or f64)".into(),
+            ));
+        }
+        if opts.lora_r > 0 && !(opts.lora_alpha.is_finite() && opts.lora_alpha > 0.0) {
+            return Err(TrainError::Invalid(format!(
+                "--lora-alpha must be a positive number, not {}",
+                opts.lora_alpha
+            )));
+        }
+        if !(0.0..1.0).contains(&opts.adapter_dropout) {
+            return Err(TrainError::Invalid(
+                "the adapter dropout must be in [0, 1)".into(),
+            ));
+        }
+        let dtype = opts.dtype;
+        let tensor = |name: &str| -> Result<Tensor> {
+            let (values, shape) = weights.read_f32(name)?;
+            Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
+        };
+        let mut params: Vec<(String, Var)> = Vec::new();
+        #[allow(clippy::cast_precision_loss)]
+        let scale = if opts.lora_r > 0 {
+            opts.lora_alpha / opts.lora_r as f64
+        } else {
+            0.0
+        };
+        let linear = |p: &str,
+                      target: LoraTarget,
+                      bias: bool,
+                      params: &mut Vec<(String, Var)>|
+         -> Result<Linear> {
+            let module = format!("{p}.{}.{}", target.prefix(), target.module());
+            let w = tensor(&format!("{module}.weight"))?;
+            let b = if bias {
+                Some(tensor(&format!("{module}.bias"))?)
+            } else {
+                None
+            };
+            let lora = if opts.lora_r > 0 && opts.lora_targets.contains(&target) {
+                let (out, inp) = w.dims2()?;
+                let (an, bn) = (lora_name(&module, "A"), lora_name(&module, "B"));
+                #[allow(clippy::cast_precision_loss)]
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a = Var::from_tensor(
+                    &Tensor::from_vec(
+                        uniform(opts.seed, &an, opts.lora_r * inp, bound),
+                        (opts.lora_r, inp),
+                        device,
+                    )?
+                    .to_dtype(dtype)?,
+                )?;
+                let bv = Var::zeros((out, opts.lora_r), dtype, device)?;
+                params.push((an, a.clone()));
+                params.push((bn, bv.clone()));
+                Some((a, bv))
+            } else {
+                None
+            };
+            Ok(Linear { w, b, lora, scale })
+        };
+        let mut layers = Vec::new();
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let q = linear(&p, LoraTarget::Q, cfg.qkv_bias, &mut params)?;
+            let k = linear(&p, LoraTarget::K, cfg.qkv_bias, &mut params)?;
+            let v = linear(&p, LoraTarget::V, cfg.qkv_bias, &mut params)?;
+            let o = linear(&p, LoraTarget::O, cfg.o_bias, &mut params)?;
+            let gate = linear(&p, LoraTarget::Gate, cfg.mlp_bias, &mut params)?;
+            let up = linear(&p, LoraTarget::Up, cfg.mlp_bias, &mut params)?;
+            let down = linear(&p, LoraTarget::Down, cfg.mlp_bias, &mut params)?;
+            let rname = format!("{p}.mlp.moe_adapter.router.weight");
+            let router = Var::from_tensor(&tensor(&rname)?)?;
+            params.push((rname, router.clone()));
+            let mut experts = Vec::new();
+            for j in 0..pesc.num_experts {
+                let (dn, un) = (
+                    ExpertNaming::Camelidae.adapter(l, j, "down"),
+                    ExpertNaming::Camelidae.adapter(l, j, "up"),
+                );
+                let down = Var::from_tensor(&tensor(&dn)?)?;
+                let up = Var::from_tensor(&tensor(&un)?)?;
+                params.push((dn, down.clone()));
+                params.push((un, up.clone()));
+                experts.push(Adapter { down, up });
+            }
+            layers.push(Layer {
+                input_norm: tensor(&format!("{p}.input_layernorm.weight"))?,
+                post_norm: tensor(&format!("{p}.post_attention_layernorm.weight"))?,
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
+                router,
+                experts,
+            });
+        }
+        let embed = tensor("model.embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings && !weights.has("lm_head.weight") {
+            embed.clone()
+        } else {
+            tensor("lm_head.weight")?
+        };
+        Ok(TrainModel {
+            layers,
+            embed,
+            norm: tensor("model.norm.weight")?,
+            lm_head,
+            inv_freq: rope::inv_freq(cfg)?,
+            eps: cfg.rms_norm_eps,
+            num_heads: usize_of(cfg.num_heads),
+            num_kv_heads: usize_of(cfg.num_kv_heads),
+            head_dim: usize_of(cfg.head_dim),
+            window: cfg.sliding_window.map(usize_of),
+            vocab: usize_of(cfg.vocab_size),
+            top_k: usize_of(pesc.top_k),
+            scaling: pesc.scaling,
+            params,
+            opts,
+            device: device.clone(),
+        })
+    }
+
+    /// The trainable tensors, by saved name (PEFT names for LoRA, model names for the rest).
+    #[must_use]
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// The options the model was loaded with.
+    #[must_use]
+    pub fn options(&self) -> &TrainOptions {
+        &self.opts
+    }
+
+    /// Vocabulary size.
+    #[must_use]
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// Runs `batch` (right-padded to its longest example). With `dropout_key`
+    /// (training), the adapter input is dropped out, seeded by the key.
+    pub fn forward(&self, batch: &[&Example], dropout_key: Option<u64>) -> Result<Output> {
+        let (b, t) = (
+            batch.len(),
+            batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
+        );
+        if b == 0 || t == 0 {
+            return Err(TrainError::Invalid("an empty batch".into()));
+        }
+        let mut ids = vec![0u32; b * t];
+        let mut valid = Vec::new();
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        for (i, e) in batch.iter().enumerate() {
+            for (j, &id) in e.input_ids.iter().enumerate() {
+                if id as usize >= self.vocab {
+                    return Err(TrainError::Invalid(format!(
+                        "token id {id} is outside the vocabulary (size {})",
+                        self.vocab
+                    )));
+                }
+                ids[i * t + j] = id;
+                valid.push(u32_of(i * t + j));
+                if let Some(&next) = e.labels.get(j + 1) {
+                    if let Ok(target) = u32::try_from(next) {
+                        rows.push(u32_of(i * t + j));
+                        targets.push(target);
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(TrainError::Invalid(
+                "the batch has no response tokens".into(),
+            ));
+        }
+        let dev = &self.device;
+        let n = b * t;
+        let valid_idx = Tensor::from_vec(valid.clone(), valid.len(), dev)?;
+        let mut x = self
+            .embed
+            .index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
+        let (cos, sin) = rope::tables(&self.inv_freq, 0, t, self.opts.dtype, dev)?;
+        let mask = self.mask(t)?;
+        let mut aux = Tensor::zeros((), self.opts.dtype, dev)?;
+        let mut load = Vec::new();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, self.eps)?;
+            let a = self.attention(layer, &h, b, t, &cos, &sin, &mask)?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &layer.post_norm, self.eps)?;
+            let key = dropout_key.map(|k| k ^ (li as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let (y, layer_aux, shares) = self.pesc(layer, &h, &valid_idx, key)?;
+            aux = (aux + layer_aux)?;
+            load.push(shares);
+            x = (x + y)?;
+        }
+        let rows = Tensor::from_vec(rows, targets.len(), dev)?;
+        let x = rms_norm(&x.index_select(&rows, 0)?, &self.norm, self.eps)?;
+        let logits = x.matmul(&self.lm_head.t()?)?;
+        let m = targets.len();
+        let target_idx = Tensor::from_vec(targets, (m, 1), dev)?;
+        let max = logits.max_keepdim(D::Minus1)?.detach();
+        let lse = (logits
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(D::Minus1)?
+            .log()?
+            + max)?;
+        let picked = logits.gather(&target_idx, 1)?;
+        let ce = (lse - picked)?.mean_all()?;
+        let aux = (aux * self.opts.aux_loss_coef)?;
+        Ok(Output {
+            ce,
+            aux,
+            load,
+            targets: m,
+            tokens: valid.len(),
+        })
+    }
+
+    /// Additive causal mask `[T, T]` (with the sliding window, if any).
+    fn mask(&self, t: usize) -> Result<Tensor> {
+        let mut m = vec![0f32; t * t];
+        for i in 0..t {
+            for j in 0..t {
+                if j > i || self.window.is_some_and(|w| i - j.min(i) >= w) {
+                    m[i * t + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (t, t), &self.device)?.to_dtype(self.opts.dtype)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        b: usize,
+        t: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |x: Tensor, n: usize| -> Result<Tensor> {
+            Ok(x.reshape((b, t, n, d))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * n, t, d))?)
+        };
+        let q = rope::apply(&heads(layer.q.forward(h)?, nh)?, cos, sin)?;
+        let k = rope::apply(&heads(layer.k.forward(h)?, nkv)?, cos, sin)?;
+        let v = heads(layer.v.forward(h)?, nkv)?;
+        let rep = nh / nkv;
+        let expand = |x: Tensor| -> Result<Tensor> {
+            if rep == 1 {
+                return Ok(x);
+            }
+            Ok(x.reshape((b, nkv, 1, t, d))?
+                .broadcast_as((b, nkv, rep, t, d))?
+                .contiguous()?
+                .reshape((b * nh, t, d))?)
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        #[allow(clippy::cast_precision_loss)]
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = softmax_last(&scores)?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, nh, t, d))?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * d))?;
+        layer.o.forward(&out)
+    }
+
+    /// The PESC FFN of §4.3 on `h` `[N, H]`; returns the output, the layer's
+    /// balancing loss (without the coefficient) and the expert shares over `valid` rows.
+    fn pesc(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        valid: &Tensor,
+        dropout_key: Option<u64>,
+    ) -> Result<(Tensor, Tensor, Vec<f64>)> {
+        let f = layer
+            .down
+            .forward(&(layer.gate.forward(h)?.silu()? * layer.up.forward(h)?)?)?;
+        let logits = h.matmul(&layer.router.as_tensor().t()?)?;
+        let (n, e) = logits.dims2()?;
+        let k = self.top_k;
+        // Top-k chosen on the values, without gradient (lower index first on ties, as the runner).
+        let values = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let chosen: Vec<Vec<usize>> = values
+            .iter()
+            .map(|r| {
+                let mut order: Vec<usize> = (0..e).collect();
+                order.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
+                order.truncate(k);
+                order
+            })
+            .collect();
+        let idx: Vec<u32> = chosen.iter().flatten().map(|&j| u32_of(j)).collect();
+        let idx = Tensor::from_vec(idx, (n, k), &self.device)?;
+        let w = softmax_last(&logits.gather(&idx, 1)?)?.flatten_all()?;
+        let mut acc = f.zeros_like()?;
+        for (j, ad) in layer.experts.iter().enumerate() {
+            let (rows, slots): (Vec<u32>, Vec<u32>) = chosen
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    c.iter()
+                        .position(|&x| x == j)
+                        .map(|s| (u32_of(i), u32_of(i * k + s)))
+                })
+                .unzip();
+            if rows.is_empty() {
+                continue;
+            }
+            let m = rows.len();
+            let rows = Tensor::from_vec(rows, m, &self.device)?;
+            let wj = w
+                .index_select(&Tensor::from_vec(slots, m, &self.device)?, 0)?
+                .unsqueeze(1)?;
+            let mut xj = f.index_select(&rows, 0)?;
+            if let Some(key) = dropout_key.filter(|_| self.opts.adapter_dropout > 0.0) {
+                xj = xj.broadcast_mul(&self.dropout_mask(
+                    key ^ (j as u64).wrapping_mul(0xd1b5_4a32_d192_ed03),
+                    xj.dims(),
+                )?)?;
+            }
+            let out = xj
+                .matmul(&ad.down.as_tensor().t()?)?
+                .gelu_erf()?
+                .matmul(&ad.up.as_tensor().t()?)?;
+            acc = acc.index_add(&rows, &out.broadcast_mul(&wj)?, 0)?;
+        }
+        let y = (f + (acc * self.scaling)?)?;
+        // Switch balancing loss n * sum_i f_i p_i over the non-padding tokens:
+        // f_i = share of the top-k assignments that went to expert i (sums to 1),
+        // p_i = mean router probability over all experts (carries the gradient).
+        let valid_rows = valid.to_vec1::<u32>()?;
+        let mut counts = vec![0f64; e];
+        for &r in &valid_rows {
+            for &j in &chosen[r as usize] {
+                counts[j] += 1.0;
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let total = (valid_rows.len() * k) as f64;
+        let shares: Vec<f64> = counts.iter().map(|c| c / total).collect();
+        let p = softmax_last(&logits.index_select(valid, 0)?)?.mean(0)?;
+        let fvec = Tensor::from_vec(shares.clone(), e, &self.device)?.to_dtype(self.opts.dtype)?;
+        #[allow(clippy::cast_precision_loss)]
+        let aux = ((p * fvec)?.sum_all()? * e as f64)?;
+        Ok((y, aux, shares))
+    }
+
+    /// Inverted-dropout mask: 0 with probability p, else 1/(1-p).
+    fn dropout_mask(&self, key: u64, dims: &[usize]) -> Result<Tensor> {
+        let p = self.opts.adapter_dropout;
+        let mut g = SplitMix64::keyed(key, "adapter-dropout");
+        let keep = 1.0 / (1.0 - p);
+        let count = dims.iter().product();
+        let m: Vec<f64> = (0..count)
+            .map(|_| if g.unit() < p { 0.0 } else { keep })
+            .collect();
+        Ok(Tensor::from_vec(m, dims, &self.device)?.to_dtype(self.opts.dtype)?)
+    }
+}
+
+fn u32_of(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * w`.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?)
+}
+
+/// Softmax over the last dimension, max-subtracted.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}

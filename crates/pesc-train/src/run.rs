@@ -1,0 +1,406 @@
+//! The training loop and the run folder.
+//!
+//! Step `s` takes micro-batches `s*G .. s*G+G`; micro-batch `m` holds the
+//! examples at positions `m*B .. m*B+B` of the endless sequence of epochs,
+//! each a seeded permutation of the data. Dropout is keyed by seed, step and
+//! micro-batch. So a run resumed from a checkpoint (trainable tensors, AdamW
+//! moments, step) computes exactly what the uninterrupted run computes.
+
+use crate::optim::{clip_grad_norm, lr_at, AdamW};
+use crate::rng::SplitMix64;
+use crate::{Example, Result, TrainError, TrainModel};
+use candle_core::{DType, Tensor, Var};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Per-step metrics, one JSON line each.
+pub const METRICS: &str = "metrics.jsonl";
+/// PEFT's adapter config.
+pub const LORA_CONFIG: &str = "adapter_config.json";
+/// PEFT's adapter weights.
+pub const LORA_WEIGHTS: &str = "adapter_model.safetensors";
+/// Trained routers and adapters under their model names (the reference's `moe_model.bin`, as safetensors).
+pub const MOE_WEIGHTS: &str = "moe_model.safetensors";
+/// The checkpoint folder inside a run.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Optimizer steps in all.
+    pub steps: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Share of `steps` spent in linear warmup (rounded up).
+    pub warmup_ratio: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Largest global gradient norm.
+    pub max_grad_norm: f64,
+    /// Seed of the data order and dropout.
+    pub seed: u64,
+    /// Stored dtype of the trained routers and adapters.
+    pub moe_dtype: DType,
+    /// `base_model_name_or_path` of the PEFT config.
+    pub base_model: String,
+}
+
+/// What one step did.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// 1-based step.
+    pub step: usize,
+    /// Mean cross-entropy over the micro-batches.
+    pub loss: f64,
+    /// Mean balancing loss (coefficient applied).
+    pub aux_loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Tokens processed (padding excluded).
+    pub tokens: usize,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Per layer, per expert: share of the routing assignments.
+    pub load: Vec<Vec<f64>>,
+}
+
+/// A training run writing into its folder.
+pub struct Trainer {
+    model: TrainModel,
+    opt: AdamW,
+    data: Vec<Example>,
+    opts: RunOptions,
+    dir: PathBuf,
+    step: usize,
+    perm: (u64, Vec<usize>),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+impl Trainer {
+    /// A run of `model` on `data` writing into the existing folder `dir`.
+    pub fn new(
+        model: TrainModel,
+        data: Vec<Example>,
+        opts: RunOptions,
+        dir: &Path,
+    ) -> Result<Self> {
+        if opts.batch_size == 0 || opts.grad_accum == 0 {
+            return Err(TrainError::Invalid(
+                "--batch-size and --grad-accum must be at least 1".into(),
+            ));
+        }
+        if !(opts.lr.is_finite() && opts.lr > 0.0 && (0.0..=1.0).contains(&opts.warmup_ratio) && opts.weight_decay.is_finite())
+        {
+            return Err(TrainError::Invalid(
+                "--lr must be positive, --warmup-ratio in [0, 1]".into(),
+            ));
+        }
+        if data.is_empty() {
+            return Err(TrainError::Invalid("no training examples".into()));
+        }
+        let vars: Vec<&Var> = model.params().iter().map(|(_, v)| v).collect();
+        let opt = AdamW::new(&vars, opts.lr, opts.weight_decay)?;
+        Ok(Trainer {
+            model,
+            opt,
+            data,
+            opts,
+            dir: dir.into(),
+            step: 0,
+            perm: (u64::MAX, Vec::new()),
+        })
+    }
+
+    /// Steps done.
+    #[must_use]
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+
+    /// The model being trained.
+    #[must_use]
+    pub fn model(&self) -> &TrainModel {
+        &self.model
+    }
+
+    /// Warmup steps: `ceil(ratio * steps)`.
+    #[must_use]
+    pub fn warmup(&self) -> usize {
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let w = (self.opts.warmup_ratio * self.opts.steps as f64).ceil() as usize;
+        w
+    }
+
+    /// The example at position `pos` of the endless, per-epoch shuffled sequence.
+    fn example_at(&mut self, pos: usize) -> usize {
+        let n = self.data.len();
+        let epoch = (pos / n) as u64;
+        if self.perm.0 != epoch {
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut g = SplitMix64::keyed(
+                self.opts.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                "data-order",
+            );
+            for i in (1..n).rev() {
+                order.swap(i, g.below(i + 1));
+            }
+            self.perm = (epoch, order);
+        }
+        self.perm.1[pos % n]
+    }
+
+    /// One optimizer step; appends its metrics line. A non-finite loss stops
+    /// with a checkpoint of the state before the step.
+    pub fn train_step(&mut self) -> Result<Metrics> {
+        let (b, g) = (self.opts.batch_size, self.opts.grad_accum);
+        let lr = lr_at(self.opts.lr, self.step, self.warmup());
+        let vars: Vec<Var> = self.model.params().iter().map(|(_, v)| v.clone()).collect();
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let (mut ce_sum, mut aux_sum, mut tokens) = (0.0, 0.0, 0);
+        let mut load: Vec<Vec<f64>> = Vec::new();
+        for micro in 0..g {
+            let m = self.step * g + micro;
+            let idx: Vec<usize> = (0..b).map(|i| self.example_at(m * b + i)).collect();
+            let batch: Vec<&Example> = idx.iter().map(|&i| &self.data[i]).collect();
+            let key = self.opts.seed ^ (m as u64 + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            let out = self.model.forward(&batch, Some(key))?;
+            #[allow(clippy::cast_precision_loss)]
+            let loss = ((&out.ce + &out.aux)? / g as f64)?;
+            let ce = scalar(&out.ce)?;
+            if !ce.is_finite() {
+                let dir = self.save_checkpoint()?;
+                return Err(TrainError::NonFinite {
+                    step: self.step + 1,
+                    loss: ce,
+                    saved: self.step,
+                    dir,
+                });
+            }
+            ce_sum += ce;
+            aux_sum += scalar(&out.aux)?;
+            tokens += out.tokens;
+            if load.is_empty() {
+                load = vec![Vec::new(); out.load.len()];
+            }
+            for (acc, l) in load.iter_mut().zip(&out.load) {
+                if acc.is_empty() {
+                    acc.resize(l.len(), 0.0);
+                }
+                #[allow(clippy::cast_precision_loss)]
+                acc.iter_mut().zip(l).for_each(|(a, x)| *a += x / g as f64);
+            }
+            let store = loss.backward()?;
+            for (acc, v) in grads.iter_mut().zip(&vars) {
+                if let Some(gr) = store.get(v.as_tensor()) {
+                    *acc = Some(match acc.take() {
+                        Some(a) => (a + gr)?,
+                        None => gr.clone(),
+                    });
+                }
+            }
+        }
+        let mut grads: Vec<Tensor> = grads
+            .into_iter()
+            .zip(&vars)
+            .map(|(g, v)| g.map_or_else(|| Ok(v.zeros_like()?), Ok))
+            .collect::<Result<_>>()?;
+        let grad_norm = clip_grad_norm(&mut grads, self.opts.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            let dir = self.save_checkpoint()?;
+            return Err(TrainError::NonFinite {
+                step: self.step + 1,
+                loss: grad_norm,
+                saved: self.step,
+                dir,
+            });
+        }
+        self.opt.lr = lr;
+        let refs: Vec<&Var> = vars.iter().collect();
+        self.opt.step(&refs, &grads)?;
+        self.step += 1;
+        #[allow(clippy::cast_precision_loss)]
+        let metrics = Metrics {
+            step: self.step,
+            loss: ce_sum / g as f64,
+            aux_loss: aux_sum / g as f64,
+            lr,
+            tokens,
+            grad_norm,
+            load,
+        };
+        let line = json!({
+            "step": metrics.step, "loss": metrics.loss, "aux_loss": metrics.aux_loss, "lr": metrics.lr,
+            "tokens": metrics.tokens, "grad_norm": metrics.grad_norm, "expert_load": metrics.load,
+        });
+        let path = self.dir.join(METRICS);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        writeln!(f, "{line}").map_err(io(&path))?;
+        Ok(metrics)
+    }
+
+    /// Writes the checkpoint (trainable tensors, AdamW moments, step) into
+    /// `RUN/checkpoint`, replacing the previous one once complete; returns its folder.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let dir = self.dir.join(CHECKPOINT_DIR);
+        let tmp = self.dir.join(".checkpoint.partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let mut params = HashMap::new();
+        let mut moments = HashMap::new();
+        for ((name, v), (m, s)) in self.model.params().iter().zip(&self.opt.moments) {
+            params.insert(name.clone(), v.as_tensor().clone());
+            moments.insert(format!("{name}.exp_avg"), m.clone());
+            moments.insert(format!("{name}.exp_avg_sq"), s.clone());
+        }
+        candle_core::safetensors::save(&params, tmp.join("params.safetensors"))?;
+        candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
+        let state =
+            json!({ "step": self.step, "adam_t": self.opt.t, "fingerprint": self.fingerprint() });
+        let path = tmp.join("state.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap_or_default())
+            .map_err(io(&path))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    /// The settings a resumed run must share with the run it continues.
+    fn fingerprint(&self) -> Value {
+        let mo = self.model.options();
+        json!({
+            "batch_size": self.opts.batch_size, "grad_accum": self.opts.grad_accum, "seed": self.opts.seed,
+            "steps": self.opts.steps, "lr": self.opts.lr, "warmup_ratio": self.opts.warmup_ratio,
+            "lora_r": mo.lora_r, "lora_alpha": mo.lora_alpha, "aux_loss_coef": mo.aux_loss_coef,
+            "lora_targets": mo.lora_targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
+            "examples": self.data.len(),
+        })
+    }
+
+    /// Continues from the checkpoint in run folder `from`; keeps the metrics lines up to its step.
+    pub fn resume(&mut self, from: &Path) -> Result<()> {
+        let dir = from.join(CHECKPOINT_DIR);
+        let path = dir.join("state.json");
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let bad = |m: String| TrainError::Invalid(format!("`{}`: {m}", path.display()));
+        let state: Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        if state["fingerprint"] != self.fingerprint() {
+            return Err(bad(format!(
+                "the checkpoint was made with other settings ({}); resume with the same model, data and flags",
+                state["fingerprint"]
+            )));
+        }
+        let step = state["step"]
+            .as_u64()
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(|| bad("no `step`".into()))?;
+        let adam_t = state["adam_t"]
+            .as_u64()
+            .ok_or_else(|| bad("no `adam_t`".into()))?;
+        let dev = self
+            .model
+            .params()
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        let params = candle_core::safetensors::load(dir.join("params.safetensors"), &dev)?;
+        let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &dev)?;
+        for ((name, v), (m, s)) in self.model.params().iter().zip(self.opt.moments.iter_mut()) {
+            let get = |map: &HashMap<String, Tensor>, key: &str| -> Result<Tensor> {
+                let t = map
+                    .get(key)
+                    .ok_or_else(|| bad(format!("the checkpoint lacks `{key}`")))?;
+                if t.dims() != v.dims() {
+                    return Err(bad(format!(
+                        "`{key}` has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        v.dims()
+                    )));
+                }
+                Ok(t.to_dtype(v.dtype())?)
+            };
+            v.set(&get(&params, name)?)?;
+            *m = get(&moments, &format!("{name}.exp_avg"))?;
+            *s = get(&moments, &format!("{name}.exp_avg_sq"))?;
+        }
+        self.opt.t = adam_t;
+        self.step = step;
+        let src = from.join(METRICS);
+        let kept: String = std::fs::read_to_string(&src)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| usize::try_from(s).is_ok_and(|s| s <= step))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dst = self.dir.join(METRICS);
+        std::fs::write(&dst, kept).map_err(io(&dst))?;
+        Ok(())
+    }
+
+    /// Writes the PEFT LoRA (`adapter_config.json`, `adapter_model.safetensors`)
+    /// and the trained routers and adapters (`moe_model.safetensors`).
+    pub fn save_outputs(&self) -> Result<()> {
+        let mo = self.model.options();
+        let (mut lora, mut moe) = (HashMap::new(), HashMap::new());
+        for (name, v) in self.model.params() {
+            if name.starts_with("base_model.model.") {
+                lora.insert(name.clone(), v.as_tensor().to_dtype(DType::F32)?);
+            } else {
+                moe.insert(name.clone(), v.as_tensor().to_dtype(self.opts.moe_dtype)?);
+            }
+        }
+        let atomic = |name: &str, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
+            let tmp = self.dir.join(format!(".{name}.partial"));
+            write(&tmp)?;
+            let dst = self.dir.join(name);
+            std::fs::rename(&tmp, &dst).map_err(io(&dst))
+        };
+        if mo.lora_r > 0 {
+            let config = json!({
+                "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": self.opts.base_model,
+                "r": mo.lora_r, "lora_alpha": mo.lora_alpha, "lora_dropout": 0.0, "bias": "none",
+                "target_modules": mo.lora_targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
+                "fan_in_fan_out": false, "use_rslora": false, "inference_mode": true, "modules_to_save": null,
+            });
+            atomic(LORA_CONFIG, &|p| {
+                std::fs::write(p, serde_json::to_vec_pretty(&config).unwrap_or_default())
+                    .map_err(io(p))
+            })?;
+            atomic(LORA_WEIGHTS, &|p| {
+                Ok(candle_core::safetensors::save(&lora, p)?)
+            })?;
+        }
+        atomic(MOE_WEIGHTS, &|p| {
+            Ok(candle_core::safetensors::save(&moe, p)?)
+        })
+    }
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}

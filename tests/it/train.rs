@@ -1,0 +1,462 @@
+//! The trainer: gradients against finite differences, learning, resuming,
+//! the run folder, and bad input.
+
+use crate::common::{assert_code, assert_rejects, fixture, run, stderr};
+use candle_core::{DType, Device, Tensor, Var};
+use pesc_train::{Example, TrainModel, TrainOptions};
+use std::path::{Path, PathBuf};
+
+/// Crafts `llama-gqa` (2 layers, hidden 64) into 4 experts, top-2, adapter 8.
+fn crafted(dir: &Path) -> PathBuf {
+    let out = dir.join("pesc");
+    let o = run([
+        "craft".as_ref(),
+        fixture("llama-gqa").as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--experts".as_ref(),
+        "4".as_ref(),
+        "--top-k".as_ref(),
+        "2".as_ref(),
+        "--adapter-dim".as_ref(),
+        "8".as_ref(),
+    ]);
+    assert_code(&o, 0);
+    out
+}
+
+/// Pre-tokenized records: a class token selects the response, which follows a fixed pattern.
+fn pattern_data(path: &Path, n: usize) {
+    let mut s = String::new();
+    for i in 0..n {
+        let c = (i % 4) as u32;
+        let ids: Vec<u32> = [1, 10 + c, 5]
+            .into_iter()
+            .chain((0..8).map(|k| 20 + c * 10 + k))
+            .collect();
+        let labels: Vec<i64> = ids
+            .iter()
+            .enumerate()
+            .map(|(j, &t)| if j < 3 { -100 } else { i64::from(t) })
+            .collect();
+        s.push_str(&serde_json::json!({ "input_ids": ids, "labels": labels }).to_string());
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// Deterministic pseudo-random values in [-scale, scale).
+fn noise(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            #[allow(clippy::cast_precision_loss)]
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            scale * (2.0 * u - 1.0)
+        })
+        .collect()
+}
+
+/// The tiny model in f64 with every trainable tensor (adapters' zero `up` and LoRA's zero `B` included) set to noise.
+fn model_f64(dir: &Path) -> TrainModel {
+    let weights = pesc_model::Weights::open(&crafted(dir)).unwrap();
+    let opts = TrainOptions {
+        lora_r: 4,
+        lora_alpha: 8.0,
+        dtype: DType::F64,
+        aux_loss_coef: 0.01,
+        ..TrainOptions::default()
+    };
+    let m = TrainModel::load(&weights, opts, &Device::Cpu).unwrap();
+    for (i, (_, v)) in m.params().iter().enumerate() {
+        let t =
+            Tensor::from_vec(noise(v.elem_count(), i as u64, 0.3), v.dims(), &Device::Cpu).unwrap();
+        v.set(&t).unwrap();
+    }
+    m
+}
+
+fn examples() -> Vec<Example> {
+    let mk = |ids: Vec<u32>, from: usize| Example {
+        labels: ids
+            .iter()
+            .enumerate()
+            .map(|(j, &t)| if j < from { -100 } else { i64::from(t) })
+            .collect(),
+        input_ids: ids,
+        line: 1,
+        source: None,
+    };
+    vec![
+        mk(vec![1, 7, 99, 4, 250, 31, 8], 3),
+        mk(vec![1, 12, 13, 14, 15], 2),
+    ]
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_scalar::<f64>().unwrap()
+}
+
+/// Compares d(loss)/d(param) at a few elements of each named tensor with central differences.
+fn check_gradients(which: &dyn Fn(&TrainModel, &[&Example]) -> Tensor, names: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model_f64(dir.path());
+    let ex = examples();
+    let batch: Vec<&Example> = ex.iter().collect();
+    let grads = which(&m, &batch).backward().unwrap();
+    for name in names {
+        let (_, var): &(String, Var) = m
+            .params()
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no trainable `{name}`"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for `{name}`"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let n = base.len();
+        for &i in &[0, n / 3, n / 2, n - 1] {
+            let eps = 1e-6;
+            let at = |d: f64| {
+                let mut v = base.clone();
+                v[i] += d;
+                var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                scalar(&which(&m, &batch))
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+            let err = (fd - g[i]).abs();
+            assert!(
+                err <= 1e-6 + 1e-5 * fd.abs().max(g[i].abs()),
+                "`{name}`[{i}]: autograd {} finite difference {fd}",
+                g[i]
+            );
+        }
+        assert!(
+            g.iter().any(|x| x.abs() > 1e-8),
+            "`{name}`: all-zero gradient"
+        );
+    }
+}
+
+fn total(m: &TrainModel, b: &[&Example]) -> Tensor {
+    let o = m.forward(b, None).unwrap();
+    (o.ce + o.aux).unwrap()
+}
+
+#[test]
+fn adapter_router_and_lora_gradients_match_finite_differences() {
+    check_gradients(
+        &total,
+        &[
+            "model.layers.0.mlp.moe_adapter.experts.expert_1.adapter_down.weight",
+            "model.layers.1.mlp.moe_adapter.experts.expert_2.adapter_up.weight",
+            "model.layers.0.mlp.moe_adapter.router.weight",
+            "model.layers.1.mlp.moe_adapter.router.weight",
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+            "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight",
+            "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight",
+            "base_model.model.model.layers.1.mlp.gate_proj.lora_B.weight",
+        ],
+    );
+}
+
+#[test]
+fn balancing_loss_gradient_matches_finite_differences() {
+    let aux = |m: &TrainModel, b: &[&Example]| m.forward(b, None).unwrap().aux;
+    check_gradients(
+        &aux,
+        &[
+            "model.layers.0.mlp.moe_adapter.router.weight",
+            "model.layers.1.mlp.moe_adapter.router.weight",
+        ],
+    );
+}
+
+#[test]
+fn crafted_model_loss_equals_the_runner() {
+    // With zero adapters the training forward computes the runner's logits: compare the loss.
+    let dir = tempfile::tempdir().unwrap();
+    let path = crafted(dir.path());
+    let weights = pesc_model::Weights::open(&path).unwrap();
+    let opts = TrainOptions {
+        lora_r: 0,
+        dtype: DType::F32,
+        ..TrainOptions::default()
+    };
+    let m = TrainModel::load(&weights, opts, &Device::Cpu).unwrap();
+    let ex = &examples()[0];
+    let ours = m
+        .forward(&[ex], None)
+        .unwrap()
+        .ce
+        .to_scalar::<f32>()
+        .unwrap();
+    let runner =
+        pesc_model::Runner::load(&weights, pesc_model::ComputeDType::F32, &Device::Cpu).unwrap();
+    let logits = runner
+        .forward(&ex.input_ids, &mut pesc_model::Cache::default())
+        .unwrap()
+        .logits
+        .to_vec2::<f32>()
+        .unwrap();
+    let mut sum = 0.0f64;
+    let mut n = 0.0;
+    for j in 0..ex.input_ids.len() - 1 {
+        let Ok(t) = usize::try_from(ex.labels[j + 1]) else {
+            continue;
+        };
+        let row = &logits[j];
+        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        let lse = f64::from(max)
+            + row
+                .iter()
+                .map(|&x| f64::from(x - max).exp())
+                .sum::<f64>()
+                .ln();
+        sum += lse - f64::from(row[t]);
+        n += 1.0;
+    }
+    assert!(
+        (f64::from(ours) - sum / n).abs() < 1e-4,
+        "trainer {ours}, runner {}",
+        sum / n
+    );
+}
+
+fn train_args(
+    pesc: &Path,
+    data: &Path,
+    out: &Path,
+    steps: &str,
+    extra: &[&str],
+) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec![
+        "train".into(),
+        pesc.into(),
+        "--data".into(),
+        data.into(),
+        "-o".into(),
+        out.into(),
+        "--steps".into(),
+        steps.into(),
+    ];
+    v.extend(
+        [
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-2",
+            "--lora-r",
+            "8",
+            "--seed",
+            "1",
+        ]
+        .iter()
+        .map(Into::into),
+    );
+    v.extend(extra.iter().map(Into::into));
+    v
+}
+
+fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn loss_falls_on_a_learnable_pattern_and_the_run_folder_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let pesc = crafted(dir.path());
+    let data = dir.path().join("data.jsonl");
+    pattern_data(&data, 32);
+    let out = dir.path().join("run");
+    assert_code(&run(train_args(&pesc, &data, &out, "60", &[])), 0);
+    let m = metrics(&out);
+    assert_eq!(m.len(), 60);
+    let loss = |i: usize| m[i]["loss"].as_f64().unwrap();
+    let late: f64 = (55..60).map(loss).sum::<f64>() / 5.0;
+    assert!(late < loss(0) - 0.8, "loss {} -> {late}", loss(0));
+    let aux: Vec<f64> = m.iter().map(|x| x["aux_loss"].as_f64().unwrap()).collect();
+    let spread =
+        aux.iter().copied().fold(f64::MIN, f64::max) - aux.iter().copied().fold(f64::MAX, f64::min);
+    assert!(spread > 1e-4, "the balancing loss does not vary: {aux:?}");
+    assert_eq!(m[0]["expert_load"].as_array().unwrap().len(), 2);
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "moe_model.safetensors",
+        "checkpoint",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 8);
+    let lora = pesc_io::SafetensorsFile::open(&out.join("adapter_model.safetensors")).unwrap();
+    assert!(lora
+        .tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
+        .is_some());
+    let moe = pesc_io::SafetensorsFile::open(&out.join("moe_model.safetensors")).unwrap();
+    assert_eq!(moe.tensors().len(), 2 * (1 + 4 * 2));
+}
+
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pesc = crafted(dir.path());
+    let data = dir.path().join("data.jsonl");
+    pattern_data(&data, 10);
+    let (whole, half) = (dir.path().join("whole"), dir.path().join("half"));
+    let extra = ["--grad-accum", "2", "--save-every", "3"];
+    assert_code(&run(train_args(&pesc, &data, &whole, "6", &extra)), 0);
+    // Stop after 3 steps (a run of 3 is the prefix of a run of 6 only with the same --steps: warmup depends on it).
+    let mut partial = train_args(&pesc, &data, &half, "6", &extra);
+    partial.extend(["--stop-after".into(), "3".into()]);
+    assert_code(&run(&partial), 0);
+    assert_eq!(metrics(&half).len(), 3);
+    let mut resumed = train_args(&pesc, &data, &half, "6", &extra);
+    resumed.extend(["--resume".into(), half.as_os_str().into()]);
+    assert_code(&run(&resumed), 0);
+    for f in [
+        "adapter_model.safetensors",
+        "moe_model.safetensors",
+        "metrics.jsonl",
+    ] {
+        assert_eq!(
+            std::fs::read(whole.join(f)).unwrap(),
+            std::fs::read(half.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}
+
+#[test]
+fn text_records_use_the_chat_template_and_truncation_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pesc = dir.path().join("pesc");
+    let o = run([
+        "craft".as_ref(),
+        fixture("llama-chat").as_os_str(),
+        "-o".as_ref(),
+        pesc.as_os_str(),
+        "--experts".as_ref(),
+        "4".as_ref(),
+        "--top-k".as_ref(),
+        "2".as_ref(),
+        "--adapter-dim".as_ref(),
+        "8".as_ref(),
+    ]);
+    assert_code(&o, 0);
+    let data = dir.path().join("data.jsonl");
+    let long = "word ".repeat(400);
+    std::fs::write(
+        &data,
+        format!(
+            "{}\n{}\n{}\n{}\n",
+            r#"{"conversation": [{"input": "hi", "output": "hello there"}], "instruction": "be kind"}"#,
+            r#"{"instruction": "add", "input": "2 2", "output": "4"}"#,
+            r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}"#,
+            serde_json::json!({ "instruction": "x", "output": long })
+        ),
+    )
+    .unwrap();
+    for template in ["chat", "reference"] {
+        let out = dir.path().join(format!("run-{template}"));
+        let o = run(train_args(
+            &pesc,
+            &data,
+            &out,
+            "2",
+            &["--template", template, "--seq-len", "160"],
+        ));
+        assert_code(&o, 0);
+        assert!(
+            stderr(&o).contains("1 truncated to --seq-len 160"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_its_line_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pesc = crafted(dir.path());
+    let cases: &[(&str, &[&str])] = &[
+        ("[{\"input_ids\": [1, 2]}]\n", &["line 1", "JSONL"]),
+        (
+            "{\"input_ids\": [1, 2, 3]}\n{\"prompt\": \"x\", \"completion\": \"y\"}\n",
+            &["line 2", "unknown record format", "completion, prompt"],
+        ),
+        (
+            "{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, -100]}\n",
+            &["line 1", "no response tokens"],
+        ),
+        (
+            "{\"input_ids\": [1, 2, 3], \"labels\": [-100, 5]}\n",
+            &["line 1", "`labels` has 2 entries"],
+        ),
+        (
+            "{\"input_ids\": [1, 99999]}\n",
+            &["line 1", "vocabulary size 320"],
+        ),
+        (
+            "{\"instruction\": \"a\", \"output\": \"b\"}\n",
+            &["line 1", "tokenizer"],
+        ),
+        (
+            "{\"input_ids\": [1, 2]}\nnot json\n",
+            &["line 2", "not a JSON record"],
+        ),
+        ("", &["holds no records"]),
+    ];
+    for (i, (text, needles)) in cases.iter().enumerate() {
+        let data = dir.path().join(format!("bad{i}.jsonl"));
+        std::fs::write(&data, text).unwrap();
+        let out = dir.path().join(format!("run{i}"));
+        assert_rejects(&run(train_args(&pesc, &data, &out, "1", &[])), needles);
+        assert!(!out.exists(), "case {i} left {}", out.display());
+    }
+    // A dense model is not a PESC model.
+    let data = dir.path().join("ok.jsonl");
+    pattern_data(&data, 2);
+    assert_rejects(
+        &run(train_args(
+            &fixture("llama-gqa"),
+            &data,
+            &dir.path().join("dense"),
+            "1",
+            &[],
+        )),
+        &["not a PESC model"],
+    );
+    assert_rejects(
+        &run(train_args(
+            &pesc,
+            &data,
+            &dir.path().join("t"),
+            "1",
+            &["--lora-targets", "q,x"],
+        )),
+        &["--lora-targets", "`x`"],
+    );
+}
