@@ -42,6 +42,8 @@ pub enum Command {
     MergeLora(MergeLoraArgs),
     /// Train a PESC model's adapters and routers, with LoRA on the frozen base (writes a run folder that merge-lora takes).
     Train(TrainArgs),
+    /// Show where a PESC or Mixtral model routes the tokens of each data source, per layer (table, JSON, SVG).
+    RouteStats(RouteStatsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -219,7 +221,7 @@ fn parse_ids(s: &str) -> Result<TokenIds, String> {
 
 #[derive(Debug, clap::Args)]
 pub struct LogitsArgs {
-    /// A model folder.
+    /// A model folder or a `.gguf` file.
     pub model: PathBuf,
     /// Token ids, e.g. 1,2,3.
     #[arg(long, value_parser = parse_ids)]
@@ -521,4 +523,29 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its checkpoint (same model, data and flags).
     #[arg(long, value_name = "RUN")]
     pub resume: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RouteStatsArgs {
+    /// A PESC or Mixtral model: a folder or a `.gguf` file.
+    pub model: PathBuf,
+    /// Data, JSONL (the formats `train` reads); repeat for several. A record's `source` names its
+    /// source, else the file's name does.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Write the heat map here (one panel per source).
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Replace the SVG file if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the counts and shares as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest sequence; longer records are cut.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Prompt template of text records.
+    #[arg(long, value_enum, default_value_t = TemplateArg::Chat)]
+    pub template: TemplateArg,
 }

@@ -13,6 +13,7 @@ mod progress;
 mod publish;
 mod quantize;
 mod reshard;
+mod route_stats;
 mod run;
 mod train;
 mod verify;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         cli::Command::Quantize(a) => quantize::run(&a),
         cli::Command::MergeLora(a) => merge_lora::run(&a),
         cli::Command::Train(a) => train::run(&a),
+        cli::Command::RouteStats(a) => route_stats::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

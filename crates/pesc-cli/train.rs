@@ -5,10 +5,44 @@ use crate::output;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
-use pesc_model::Weights;
+use pesc_model::{TextModel, Weights};
 use pesc_train::{
     Dataset, LoraTarget, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer,
 };
+
+/// The tokenizer and prompt template a model's data files are read with.
+pub(crate) struct DataSetup {
+    text: Option<TextModel>,
+    template: Template,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    vocab: u64,
+}
+
+impl DataSetup {
+    pub(crate) fn new(model: &Weights, template: TemplateArg) -> Result<Self> {
+        let cfg = model.config();
+        let text = if model.has_tokenizer() { Some(model.text()?) } else { None };
+        let template = match template {
+            TemplateArg::Chat if text.as_ref().is_some_and(TextModel::has_chat_template) => Template::Chat,
+            TemplateArg::Chat | TemplateArg::Reference => Template::Reference,
+        };
+        let id = |key: &str| cfg.raw.get(key).and_then(serde_json::Value::as_u64).and_then(|v| u32::try_from(v).ok());
+        let eos = id("eos_token_id").or_else(|| text.as_ref().and_then(|t| t.eos_ids().first().copied()));
+        Ok(DataSetup { text, template, bos: id("bos_token_id"), eos, vocab: cfg.vocab_size })
+    }
+
+    pub(crate) fn tokenizing(&self, seq_len: usize) -> Result<Tokenizing<'_>> {
+        Ok(Tokenizing {
+            text: self.text.as_ref(),
+            template: self.template,
+            bos: self.bos,
+            eos: self.eos,
+            vocab: usize::try_from(self.vocab)?,
+            seq_len,
+        })
+    }
+}
 
 pub fn run(a: &TrainArgs) -> Result<()> {
     crate::stop_cleanly_on_interrupt();
@@ -33,38 +67,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             model.kind()
         );
     }
-    let text = if model.has_tokenizer() {
-        Some(model.text()?)
-    } else {
-        None
-    };
-    let template = match a.template {
-        TemplateArg::Reference => Template::Reference,
-        TemplateArg::Chat
-            if text
-                .as_ref()
-                .is_some_and(pesc_model::TextModel::has_chat_template) =>
-        {
-            Template::Chat
-        }
-        TemplateArg::Chat => Template::Reference,
-    };
-    let id = |key: &str| {
-        cfg.raw
-            .get(key)
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|v| u32::try_from(v).ok())
-    };
-    let eos =
-        id("eos_token_id").or_else(|| text.as_ref().and_then(|t| t.eos_ids().first().copied()));
-    let tk = Tokenizing {
-        text: text.as_ref(),
-        template,
-        bos: id("bos_token_id"),
-        eos,
-        vocab: usize::try_from(cfg.vocab_size)?,
-        seq_len: a.seq_len,
-    };
+    let setup = DataSetup::new(&model, a.template)?;
+    let tk = setup.tokenizing(a.seq_len)?;
     let data = Dataset::load(&a.data, &tk)?;
     output::note(&format!(
         "{} records from `{}`{}",

@@ -460,3 +460,39 @@ fn bad_input_is_refused_with_its_line_and_leaves_nothing() {
         &["--lora-targets", "`x`"],
     );
 }
+
+#[test]
+fn route_stats_counts_every_assignment_per_source_and_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = crafted(tmp.path());
+    let data = tmp.path().join("pattern.jsonl");
+    pattern_data(&data, 6);
+    // A second file whose records name their own source.
+    let tagged = tmp.path().join("tagged.jsonl");
+    std::fs::write(&tagged, "{\"input_ids\": [1, 2, 3, 4, 5], \"source\": \"math\"}\n{\"input_ids\": [9, 8, 7], \"source\": \"code\"}\n").unwrap();
+    let svg = tmp.path().join("routes.svg");
+    let args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec!["route-stats".into(), model.clone().into(), "--data".into(), data.clone().into(), "--data".into(), tagged.clone().into()];
+        v.extend(extra.iter().map(Into::into));
+        v
+    };
+    let o = run(args(&["--json", "--svg", svg.to_str().unwrap()]));
+    assert_code(&o, 0);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sources = r["sources"].as_object().unwrap();
+    assert_eq!(sources.keys().collect::<Vec<_>>(), ["code", "math", "pattern"]);
+    for (name, tokens) in [("pattern", 6 * 11), ("math", 5), ("code", 3)] {
+        let s = &sources[name];
+        assert_eq!(s["tokens"], tokens, "{name}");
+        for (layer, row) in s["counts"].as_array().unwrap().iter().enumerate() {
+            let sum: u64 = row.as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
+            assert_eq!(sum, 2 * tokens, "{name} layer {layer}: every token goes to top-2 experts");
+        }
+    }
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg") && picture.matches("<rect").count() == 3 * 2 * 4, "3 sources x 2 layers x 4 experts");
+    // The SVG is not replaced without --force; a dense model has no routes.
+    assert_rejects(&run(args(&["--svg", svg.to_str().unwrap()])), &["routes.svg", "exists"]);
+    let o = run(["route-stats".as_ref(), fixture("llama-gqa").as_os_str(), "--data".as_ref(), data.as_os_str()]);
+    assert_rejects(&o, &["dense model", "PESC or Mixtral"]);
+}

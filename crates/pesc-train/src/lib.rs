@@ -7,17 +7,20 @@
 //!   turned into token ids with the loss on response tokens only;
 //! - [`AdamW`] and the learning-rate schedule;
 //! - [`Trainer`]: batches, gradient accumulation, clipping, checkpoints and
-//!   the run folder (`docs/training.md`).
+//!   the run folder (`docs/training.md`);
+//! - [`RouteStats`]: where a model routes each data source's tokens.
 
 mod data;
 mod model;
 mod optim;
 mod rng;
+mod routes;
 mod run;
 
 pub use data::{Dataset, Example, Template, Tokenizing, IGNORE};
 pub use model::{LoraTarget, Output, TrainModel, TrainOptions};
 pub use optim::{clip_grad_norm, lr_at, AdamW};
+pub use routes::RouteStats;
 pub use run::{
     Metrics, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFIG, LORA_WEIGHTS, METRICS, MOE_WEIGHTS,
 };
