@@ -23,5 +23,5 @@ export CUDA_HOME="$PREFIX/nvidia/cu13"
 export CUDA_PATH="$CUDA_HOME" CUDA_ROOT="$CUDA_HOME" PATH="$CUDA_HOME/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}" CUDARC_CUDA_VERSION=13040 CUDAFORGE_THREADS="$(nproc)"
 nvcc --version | tail -2 >&2
-cargo check --locked -p pesc-model -p pesc-verify --features pesc-model/cuda
-echo "cuda-check: the runner compiles with --features cuda (compute capability $CUDA_COMPUTE_CAP)" >&2
+cargo check --locked -p pesc-model -p pesc-verify -p pesc-train --features pesc-model/cuda
+echo "cuda-check: the runner and the trainer compile with --features cuda (compute capability $CUDA_COMPUTE_CAP)" >&2

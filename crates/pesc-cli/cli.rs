@@ -40,7 +40,7 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Merge a PEFT LoRA adapter (and trained PESC tensors beside it) into a base model folder.
     MergeLora(MergeLoraArgs),
-    /// Train a PESC model's adapters and routers, with LoRA on the frozen base (writes a run folder that merge-lora takes).
+    /// Train a PESC model's adapters and routers with LoRA on the frozen base, or LoRA alone on a dense model (a run folder merge-lora takes).
     Train(TrainArgs),
     /// Show where a PESC or Mixtral model routes the tokens of each data source, per layer (table, JSON, SVG).
     RouteStats(RouteStatsArgs),
@@ -461,7 +461,7 @@ pub enum TemplateArg {
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// A PESC model folder (made by `craft`).
+    /// A PESC model folder (made by `craft`), or a dense one to train a LoRA-only baseline.
     pub model: PathBuf,
     /// Training data, JSONL: reference `conversation`, Alpaca, chat `messages` or `input_ids` records.
     #[arg(long)]

@@ -60,11 +60,13 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     let model = Weights::open(&a.model)?;
     let cfg = model.config();
-    if !matches!(cfg.moe, pesc_arch::Moe::Pesc(_)) {
+    if matches!(cfg.moe, pesc_arch::Moe::Dense) && a.lora_r == 0 {
+        bail!("`{}` is a dense model: only LoRA can be trained on it, and --lora-r is 0", a.model.display());
+    }
+    if matches!(cfg.moe, pesc_arch::Moe::Mixtral { .. }) {
         bail!(
-            "`{}` is not a PESC model ({}); craft one with `pesc-convert craft`",
-            a.model.display(),
-            model.kind()
+            "`{}` is a Mixtral model; train takes a PESC model (or a dense one for a LoRA-only baseline)",
+            a.model.display()
         );
     }
     let setup = DataSetup::new(&model, a.template)?;

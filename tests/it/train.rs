@@ -436,19 +436,17 @@ fn bad_input_is_refused_with_its_line_and_leaves_nothing() {
         assert_rejects(&run(train_args(&pesc, &data, &out, "1", &[])), needles);
         assert!(!out.exists(), "case {i} left {}", out.display());
     }
-    // A dense model is not a PESC model.
+    // A dense model trains LoRA alone (the baseline), so not without LoRA; Mixtral not at all.
     let data = dir.path().join("ok.jsonl");
     pattern_data(&data, 2);
-    assert_rejects(
-        &run(train_args(
-            &fixture("llama-gqa"),
-            &data,
-            &dir.path().join("dense"),
-            "1",
-            &[],
-        )),
-        &["not a PESC model"],
-    );
+    let no_lora: Vec<std::ffi::OsString> = train_args(&fixture("llama-gqa"), &data, &dir.path().join("dense"), "1", &[])
+        .into_iter()
+        .map(|a| if a == "8" { "0".into() } else { a })
+        .collect();
+    assert_rejects(&run(no_lora), &["dense model", "--lora-r is 0"]);
+    let mixtral = dir.path().join("mixtral");
+    assert_code(&run(["upcycle".as_ref(), fixture("llama-gqa").as_os_str(), "-o".as_ref(), mixtral.as_os_str(), "--experts".as_ref(), "2".as_ref(), "--top-k".as_ref(), "1".as_ref()]), 0);
+    assert_rejects(&run(train_args(&mixtral, &data, &dir.path().join("m"), "1", &[])), &["Mixtral model"]);
     assert_rejects(
         &run(train_args(
             &pesc,
@@ -495,4 +493,22 @@ fn route_stats_counts_every_assignment_per_source_and_layer() {
     assert_rejects(&run(args(&["--svg", svg.to_str().unwrap()])), &["routes.svg", "exists"]);
     let o = run(["route-stats".as_ref(), fixture("llama-gqa").as_os_str(), "--data".as_ref(), data.as_os_str()]);
     assert_rejects(&o, &["dense model", "PESC or Mixtral"]);
+}
+
+#[test]
+fn a_dense_model_trains_lora_alone_and_merges_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("pattern.jsonl");
+    pattern_data(&data, 8);
+    let out = tmp.path().join("run");
+    assert_code(&run(train_args(&fixture("llama-gqa"), &data, &out, "10", &[])), 0);
+    assert!(out.join("adapter_model.safetensors").is_file());
+    assert!(!out.join("moe_model.safetensors").exists(), "a dense run has no routers or adapters");
+    let m = metrics(&out);
+    assert!(m.iter().all(|r| r["aux_loss"].as_f64() == Some(0.0)), "no balancing loss without routers");
+    assert!(m.last().unwrap()["loss"].as_f64().unwrap() < m[0]["loss"].as_f64().unwrap());
+    let merged = tmp.path().join("merged");
+    assert_code(&run(["merge-lora".as_ref(), fixture("llama-gqa").as_os_str(), out.as_os_str(), "-o".as_ref(), merged.as_os_str()]), 0);
+    let o = run(["verify".as_ref(), merged.as_os_str(), "--against".as_ref(), fixture("llama-gqa").as_os_str()]);
+    assert_code(&o, 1);
 }

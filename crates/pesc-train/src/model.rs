@@ -138,7 +138,8 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
-    router: Var,
+    /// PESC only (a dense model trains LoRA alone).
+    router: Option<Var>,
     experts: Vec<Adapter>,
 }
 
@@ -188,17 +189,28 @@ pub fn lora_name(module: &str, which: &str) -> String {
 }
 
 impl TrainModel {
-    /// Loads the PESC model of `weights`: base tensors frozen, adapters and
-    /// routers trainable from their stored values, LoRA `A` drawn like PEFT's
+    /// Loads the PESC model of `weights` (or a dense one, for a LoRA-only
+    /// baseline): base tensors frozen, adapters and routers trainable from
+    /// their stored values, LoRA `A` drawn like PEFT's
     /// `kaiming_uniform_(a = sqrt(5))` (`U(-1/sqrt(in), 1/sqrt(in))`, seeded by name), `B` zero.
     pub fn load(weights: &Weights, opts: TrainOptions, device: &Device) -> Result<Self> {
         let cfg = weights.config();
-        let Moe::Pesc(pesc) = &cfg.moe else {
-            return Err(TrainError::Invalid(format!(
-                "`{}`: not a PESC model ({}); craft one with `pesc-convert craft`",
-                cfg.path.display(),
-                weights.kind()
-            )));
+        let pesc = match &cfg.moe {
+            Moe::Pesc(p) => Some(p),
+            Moe::Dense if opts.lora_r > 0 => None,
+            Moe::Dense => {
+                return Err(TrainError::Invalid(format!(
+                    "`{}` is a dense model: only LoRA can be trained on it, and --lora-r is 0",
+                    cfg.path.display()
+                )))
+            }
+            Moe::Mixtral { .. } => {
+                return Err(TrainError::Invalid(format!(
+                    "`{}`: not a PESC or dense model ({}); craft a PESC model with `pesc-convert craft`",
+                    cfg.path.display(),
+                    weights.kind()
+                )))
+            }
         };
         if !matches!(opts.dtype, DType::F32 | DType::F64) {
             return Err(TrainError::Invalid(
@@ -272,11 +284,15 @@ impl TrainModel {
             let gate = linear(&p, LoraTarget::Gate, cfg.mlp_bias, &mut params)?;
             let up = linear(&p, LoraTarget::Up, cfg.mlp_bias, &mut params)?;
             let down = linear(&p, LoraTarget::Down, cfg.mlp_bias, &mut params)?;
-            let rname = format!("{p}.mlp.moe_adapter.router.weight");
-            let router = Var::from_tensor(&tensor(&rname)?)?;
-            params.push((rname, router.clone()));
+            let mut router = None;
             let mut experts = Vec::new();
-            for j in 0..pesc.num_experts {
+            if pesc.is_some() {
+                let rname = format!("{p}.mlp.moe_adapter.router.weight");
+                let r = Var::from_tensor(&tensor(&rname)?)?;
+                params.push((rname, r.clone()));
+                router = Some(r);
+            }
+            for j in 0..pesc.map_or(0, |p| p.num_experts) {
                 let (dn, un) = (
                     ExpertNaming::Camelidae.adapter(l, j, "down"),
                     ExpertNaming::Camelidae.adapter(l, j, "up"),
@@ -319,8 +335,8 @@ impl TrainModel {
             head_dim: usize_of(cfg.head_dim),
             window: cfg.sliding_window.map(usize_of),
             vocab: usize_of(cfg.vocab_size),
-            top_k: usize_of(pesc.top_k),
-            scaling: pesc.scaling,
+            top_k: pesc.map_or(0, |p| usize_of(p.top_k)),
+            scaling: pesc.map_or(0.0, |p| p.scaling),
             params,
             opts,
             device: device.clone(),
@@ -397,9 +413,15 @@ impl TrainModel {
             x = (x + a)?;
             let h = rms_norm(&x, &layer.post_norm, self.eps)?;
             let key = dropout_key.map(|k| k ^ (li as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let (y, layer_aux, shares) = self.pesc(layer, &h, &valid_idx, key)?;
-            aux = (aux + layer_aux)?;
-            load.push(shares);
+            let y = match &layer.router {
+                Some(router) => {
+                    let (y, layer_aux, shares) = self.pesc(layer, router, &h, &valid_idx, key)?;
+                    aux = (aux + layer_aux)?;
+                    load.push(shares);
+                    y
+                }
+                None => layer.down.forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?,
+            };
             x = (x + y)?;
         }
         let rows = Tensor::from_vec(rows, targets.len(), dev)?;
@@ -488,6 +510,7 @@ impl TrainModel {
     fn pesc(
         &self,
         layer: &Layer,
+        router: &Var,
         h: &Tensor,
         valid: &Tensor,
         dropout_key: Option<u64>,
@@ -495,7 +518,7 @@ impl TrainModel {
         let f = layer
             .down
             .forward(&(layer.gate.forward(h)?.silu()? * layer.up.forward(h)?)?)?;
-        let logits = h.matmul(&layer.router.as_tensor().t()?)?;
+        let logits = h.matmul(&router.as_tensor().t()?)?;
         let (n, e) = logits.dims2()?;
         let k = self.top_k;
         // Top-k chosen on the values, without gradient (lower index first on ties, as the runner).

@@ -395,6 +395,9 @@ impl Trainer {
                 Ok(candle_core::safetensors::save(&lora, p)?)
             })?;
         }
+        if moe.is_empty() {
+            return Ok(());
+        }
         atomic(MOE_WEIGHTS, &|p| {
             Ok(candle_core::safetensors::save(&moe, p)?)
         })
