@@ -523,6 +523,9 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its checkpoint (same model, data and flags).
     #[arg(long, value_name = "RUN")]
     pub resume: Option<PathBuf>,
+    /// Held-out data (same formats): its loss before and after training goes to RUN/eval.json.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub eval_data: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -72,6 +72,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let setup = DataSetup::new(&model, a.template)?;
     let tk = setup.tokenizing(a.seq_len)?;
     let data = Dataset::load(&a.data, &tk)?;
+    let eval = a.eval_data.as_ref().map(|p| Dataset::load(p, &tk)).transpose()?;
     output::note(&format!(
         "{} records from `{}`{}",
         data.examples.len(),
@@ -122,16 +123,41 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         );
     }
     let train = TrainModel::load(&model, opts, &Device::Cpu)?;
+    let before = match &eval {
+        Some(set) if a.resume.is_none() => Some(pesc_train::evaluate(&train, &set.examples, a.batch_size)?),
+        _ => None,
+    };
     let mut trainer = Trainer::new(train, data.examples, run_opts, &a.output)?;
     if !same_run {
         std::fs::create_dir_all(&a.output)
             .with_context(|| format!("creating `{}`", a.output.display()))?;
     }
-    let result = train_loop(a, &mut trainer);
+    let result = train_loop(a, &mut trainer).and_then(|()| match &eval {
+        Some(set) => write_eval(a, &trainer, &set.examples, before),
+        None => Ok(()),
+    });
     if result.is_err() && !same_run && !a.output.join(pesc_train::CHECKPOINT_DIR).exists() {
         let _ = std::fs::remove_dir_all(&a.output);
     }
     result
+}
+
+/// Writes `RUN/eval.json`: the held-out loss after training (and before, unless resumed).
+fn write_eval(a: &TrainArgs, trainer: &Trainer, examples: &[pesc_train::Example], before: Option<(f64, usize)>) -> Result<()> {
+    let (after, tokens) = pesc_train::evaluate(trainer.model(), examples, a.batch_size)?;
+    let report = serde_json::json!({
+        "data": a.eval_data.as_ref().map(|p| p.display().to_string()),
+        "records": examples.len(),
+        "response_tokens": tokens,
+        "loss_before": before.map(|b| b.0),
+        "loss_after": after,
+        "step": trainer.step_count(),
+    });
+    let path = a.output.join("eval.json");
+    pesc_io::write_file_atomic(&path, format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes(), true)?;
+    let was = before.map_or_else(String::new, |b| format!(" (before training {:.4})", b.0));
+    output::note(&format!("held-out loss {after:.4}{was} over {tokens} response tokens; wrote `{}`", path.display()));
+    Ok(())
 }
 
 fn train_loop(a: &TrainArgs, trainer: &mut Trainer) -> Result<()> {

@@ -501,7 +501,12 @@ fn a_dense_model_trains_lora_alone_and_merges_back() {
     let data = tmp.path().join("pattern.jsonl");
     pattern_data(&data, 8);
     let out = tmp.path().join("run");
-    assert_code(&run(train_args(&fixture("llama-gqa"), &data, &out, "10", &[])), 0);
+    let held = tmp.path().join("held.jsonl");
+    pattern_data(&held, 4);
+    assert_code(&run(train_args(&fixture("llama-gqa"), &data, &out, "10", &["--eval-data", held.to_str().unwrap()])), 0);
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["records"], 4);
+    assert!(eval["loss_after"].as_f64().unwrap() < eval["loss_before"].as_f64().unwrap(), "{eval}");
     assert!(out.join("adapter_model.safetensors").is_file());
     assert!(!out.join("moe_model.safetensors").exists(), "a dense run has no routers or adapters");
     let m = metrics(&out);

@@ -22,7 +22,7 @@ pub use model::{LoraTarget, Output, TrainModel, TrainOptions};
 pub use optim::{clip_grad_norm, lr_at, AdamW};
 pub use routes::RouteStats;
 pub use run::{
-    Metrics, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFIG, LORA_WEIGHTS, METRICS, MOE_WEIGHTS,
+    evaluate, Metrics, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFIG, LORA_WEIGHTS, METRICS, MOE_WEIGHTS,
 };
 
 /// Errors of the trainer.

@@ -404,6 +404,22 @@ impl Trainer {
     }
 }
 
+/// Held-out loss: the mean cross-entropy over every response token of
+/// `examples` (dropout off, no balancing loss), in batches of `batch_size`.
+pub fn evaluate(model: &TrainModel, examples: &[Example], batch_size: usize) -> Result<(f64, usize)> {
+    let (mut sum, mut targets) = (0.0, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let batch: Vec<&Example> = chunk.iter().collect();
+        let out = model.forward(&batch, None)?;
+        #[allow(clippy::cast_precision_loss)]
+        let weight = out.targets as f64;
+        sum += scalar(&out.ce)? * weight;
+        targets += out.targets;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Ok((sum / targets.max(1) as f64, targets))
+}
+
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
