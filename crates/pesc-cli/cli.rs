@@ -450,6 +450,16 @@ pub struct MergeLoraArgs {
     pub no_double_quant: bool,
 }
 
+/// `train --base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BaseArg {
+    /// The weights as stored.
+    #[value(name = "16bit")]
+    Bit16,
+    /// bitsandbytes NF4 (blocksize 64, double quantization), dequantized.
+    Nf4,
+}
+
 /// `train --template`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TemplateArg {
@@ -523,6 +533,10 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its checkpoint (same model, data and flags).
     #[arg(long, value_name = "RUN")]
     pub resume: Option<PathBuf>,
+    /// The frozen base linears: as stored (`16bit`), or dequant(NF4(W)) as QLoRA trains (`nf4`; implied
+    /// for an NF4 folder). The run's adapter_config.json records it for merge-lora.
+    #[arg(long, value_enum, default_value_t = BaseArg::Bit16)]
+    pub base: BaseArg,
     /// Held-out data (same formats): its loss before and after training goes to RUN/eval.json.
     #[arg(long, value_name = "FILE.jsonl")]
     pub eval_data: Option<PathBuf>,

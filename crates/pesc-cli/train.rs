@@ -1,6 +1,6 @@
 //! `pesc-convert train PESC --data FILE.jsonl -o RUN --steps N`.
 
-use crate::cli::{TemplateArg, TrainArgs};
+use crate::cli::{BaseArg, TemplateArg, TrainArgs};
 use crate::output;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -96,6 +96,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         aux_loss_coef: a.aux_loss_coef,
         seed: a.seed,
         dtype: DType::F32,
+        nf4_base: a.base == BaseArg::Nf4 || matches!(&model, Weights::Folder(m) if m.quantization.is_some()),
     };
     if !(a.aux_loss_coef.is_finite() && a.aux_loss_coef >= 0.0) {
         bail!("--aux-loss-coef must be a finite number >= 0");

@@ -517,3 +517,32 @@ fn a_dense_model_trains_lora_alone_and_merges_back() {
     let o = run(["verify".as_ref(), merged.as_os_str(), "--against".as_ref(), fixture("llama-gqa").as_os_str()]);
     assert_code(&o, 1);
 }
+
+#[test]
+fn an_nf4_base_trains_on_dequantized_nf4_weights_and_merges_onto_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pesc = crafted(tmp.path());
+    let data = tmp.path().join("pattern.jsonl");
+    pattern_data(&data, 8);
+    let (a, b) = (tmp.path().join("run-16bit"), tmp.path().join("run-nf4"));
+    assert_code(&run(train_args(&pesc, &data, &a, "3", &[])), 0);
+    assert_code(&run(train_args(&pesc, &data, &b, "3", &["--base", "nf4"])), 0);
+    let first_loss = |r: &Path| metrics(r)[0]["loss"].as_f64().unwrap();
+    // Same data and seed: only the rounded base differs, so the losses do.
+    assert_ne!(first_loss(&a), first_loss(&b));
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["load_in_4bit"], true, "{config}");
+    let plain: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("adapter_config.json")).unwrap()).unwrap();
+    assert!(plain.get("quantization_config").is_none());
+    // An NF4 folder of the same model trains exactly like --base nf4 on its 16-bit source.
+    let nf4 = tmp.path().join("pesc-nf4");
+    assert_code(&run(["quantize".as_ref(), pesc.as_os_str(), "--to".as_ref(), "nf4".as_ref(), "-o".as_ref(), nf4.as_os_str()]), 0);
+    let c = tmp.path().join("run-nf4-folder");
+    assert_code(&run(train_args(&nf4, &data, &c, "3", &[])), 0);
+    assert_eq!(first_loss(&b), first_loss(&c));
+    // merge-lora takes the recorded base: onto dequant(NF4(W)) by default.
+    let merged = tmp.path().join("merged");
+    let o = run(["merge-lora".as_ref(), pesc.as_os_str(), b.as_os_str(), "-o".as_ref(), merged.as_os_str()]);
+    assert_code(&o, 0);
+    assert!(stderr(&o).contains("dequantized-nf4") || crate::common::stdout(&o).contains("dequantized-nf4"), "{}", stderr(&o));
+}

@@ -88,6 +88,15 @@ impl Weights {
         }
     }
 
+    /// Whether `name` is stored in NF4 (an NF4 folder's quantized weight).
+    #[must_use]
+    pub fn is_nf4(&self, name: &str) -> bool {
+        match self {
+            Weights::Folder(m) => m.nf4(&m.stored_name(name)).is_some(),
+            Weights::Gguf(_) => false,
+        }
+    }
+
     /// The values of `name` as f32 and its shape.
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let usize_of = |s: &[u64]| s.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();

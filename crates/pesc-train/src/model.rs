@@ -86,6 +86,10 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Compute dtype: F32, or F64 for gradient checks.
     pub dtype: DType,
+    /// QLoRA: the frozen q/k/v/o/gate/up/down weights are dequant(NF4(W))
+    /// (bitsandbytes' NF4, blocksize 64, double quantization), what a 4-bit
+    /// base computes with. Weights of an NF4 folder are that already.
+    pub nf4_base: bool,
 }
 
 impl Default for TrainOptions {
@@ -98,6 +102,7 @@ impl Default for TrainOptions {
             aux_loss_coef: 0.01,
             seed: 0,
             dtype: DType::F32,
+            nf4_base: false,
         }
     }
 }
@@ -246,7 +251,15 @@ impl TrainModel {
                       params: &mut Vec<(String, Var)>|
          -> Result<Linear> {
             let module = format!("{p}.{}.{}", target.prefix(), target.module());
-            let w = tensor(&format!("{module}.weight"))?;
+            let name = format!("{module}.weight");
+            let w = if opts.nf4_base && !weights.is_nf4(&name) {
+                let (values, shape) = weights.read_f32(&name)?;
+                let rounded = pesc_quant::nf4::roundtrip(&values, pesc_quant::nf4::Nf4Options::default())
+                    .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e}")))?;
+                Tensor::from_vec(rounded, shape, device)?.to_dtype(dtype)?
+            } else {
+                tensor(&name)?
+            };
             let b = if bias {
                 Some(tensor(&format!("{module}.bias"))?)
             } else {

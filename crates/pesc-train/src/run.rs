@@ -292,7 +292,7 @@ impl Trainer {
             "steps": self.opts.steps, "lr": self.opts.lr, "warmup_ratio": self.opts.warmup_ratio,
             "lora_r": mo.lora_r, "lora_alpha": mo.lora_alpha, "aux_loss_coef": mo.aux_loss_coef,
             "lora_targets": mo.lora_targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
-            "examples": self.data.len(),
+            "examples": self.data.len(), "nf4_base": mo.nf4_base,
         })
     }
 
@@ -387,6 +387,14 @@ impl Trainer {
                 "target_modules": mo.lora_targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
                 "fan_in_fan_out": false, "use_rslora": false, "inference_mode": true, "modules_to_save": null,
             });
+            // What merge-lora reads to merge onto dequant(NF4(W)) by default.
+            let mut config = config;
+            if mo.nf4_base {
+                config["quantization_config"] = json!({
+                    "quant_method": "bitsandbytes", "load_in_4bit": true, "bnb_4bit_quant_type": "nf4",
+                    "bnb_4bit_use_double_quant": true,
+                });
+            }
             atomic(LORA_CONFIG, &|p| {
                 std::fs::write(p, serde_json::to_vec_pretty(&config).unwrap_or_default())
                     .map_err(io(p))
