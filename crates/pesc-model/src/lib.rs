@@ -14,6 +14,7 @@
 //! (`y = f + s * sum_k w_k * A_k(f)`), so zero adapters reproduce the dense
 //! model bit for bit.
 
+pub mod ops;
 pub mod rope;
 mod sample;
 mod text;

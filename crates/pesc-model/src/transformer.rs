@@ -1,10 +1,11 @@
 //! The decoder: embeddings, pre-norm attention and FFN blocks (dense, PESC or
 //! Mixtral), final norm and LM head.
 
+use crate::ops::{causal_mask, rms_norm, softmax_last};
 use crate::rope;
 use crate::{ModelError, Result, Weights};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use pesc_arch::{ExpertNaming, ModelConfig, Moe};
 use pesc_quant::GgmlType;
 
@@ -282,7 +283,7 @@ impl Runner {
         let ids = Tensor::from_vec(tokens.to_vec(), t, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         let (cos, sin) = rope::tables(&self.inv_freq, start, t, self.dtype, &self.device)?;
-        let mask = self.mask(start, t)?;
+        let mask = causal_mask(start, t, self.window, &self.device)?;
         let mut routes = Vec::new();
         for (layer, kv) in self.layers.iter().zip(cache.kv.iter_mut()) {
             let h = rms_norm(&x, &layer.input_norm, self.eps)?;
@@ -299,22 +300,6 @@ impl Runner {
         let x = rms_norm(&x, &self.norm, self.eps)?;
         let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
         Ok(Forward { logits, routes })
-    }
-
-    /// Additive mask `[T, S]`: 0 where query `start + i` may see key `j`, -inf elsewhere.
-    fn mask(&self, start: usize, t: usize) -> Result<Tensor> {
-        let s = start + t;
-        let mut m = vec![0f32; t * s];
-        for i in 0..t {
-            let q = start + i;
-            for j in 0..s {
-                let outside_window = self.window.is_some_and(|w| q - j.min(q) >= w);
-                if j > q || outside_window {
-                    m[i * s + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-        Ok(Tensor::from_vec(m, (t, s), &self.device)?)
     }
 
     fn attention(
@@ -353,22 +338,6 @@ impl Runner {
         let out = probs.matmul(&v)?.transpose(0, 1)?.reshape((t, nh * d))?;
         layer.o.forward(&out)
     }
-}
-
-/// RMSNorm computed in f32, scaled by `w` in the compute dtype (as transformers).
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
-    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(normed.to_dtype(dtype)?.broadcast_mul(w)?)
-}
-
-/// Softmax over the last dimension, max-subtracted.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// Per token: the `k` largest router logits (lower index first on ties) and

@@ -6,6 +6,7 @@ use crate::rng::{uniform, SplitMix64};
 use crate::{Example, Result, TrainError};
 use candle_core::{DType, Device, Tensor, Var, D};
 use pesc_arch::{ExpertNaming, Moe};
+use pesc_model::ops::{causal_mask, rms_norm, softmax_last};
 use pesc_model::{rope, Weights};
 
 /// A base linear layer LoRA can adapt.
@@ -417,7 +418,7 @@ impl TrainModel {
             .embed
             .index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
         let (cos, sin) = rope::tables(&self.inv_freq, 0, t, self.opts.dtype, dev)?;
-        let mask = self.mask(t)?;
+        let mask = causal_mask(0, t, self.window, &self.device)?.to_dtype(self.opts.dtype)?;
         let mut aux = Tensor::zeros((), self.opts.dtype, dev)?;
         let mut load = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
@@ -459,19 +460,6 @@ impl TrainModel {
             targets: m,
             tokens: valid.len(),
         })
-    }
-
-    /// Additive causal mask `[T, T]` (with the sliding window, if any).
-    fn mask(&self, t: usize) -> Result<Tensor> {
-        let mut m = vec![0f32; t * t];
-        for i in 0..t {
-            for j in 0..t {
-                if j > i || self.window.is_some_and(|w| i - j.min(i) >= w) {
-                    m[i * t + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-        Ok(Tensor::from_vec(m, (t, t), &self.device)?.to_dtype(self.opts.dtype)?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -618,15 +606,3 @@ fn u32_of(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// RMSNorm: `x / sqrt(mean(x^2) + eps) * w`.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?)
-}
-
-/// Softmax over the last dimension, max-subtracted.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
