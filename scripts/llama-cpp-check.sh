@@ -208,6 +208,7 @@ for pre in ["default", "gpt-2", "llama-bpe", "qwen2", "smollm"]:
 
 # 4. Logits.
 def pesc_logits(folder, ids):
+    """`pesc-convert logits` of a folder or a GGUF file."""
     out = TMP / f"logits-{folder.name}.safetensors"
     subprocess.run([BIN, "logits", str(folder), "--token-ids", ",".join(map(str, ids)), "-o", str(out), "--force"], check=True, capture_output=True)
     raw = out.read_bytes()
@@ -269,27 +270,17 @@ for to, ftype in {"q8_0": 7, "q4_0": 2, "q4_k_m": 15}.items():
 
 
 # 6. The runner on GGUF files against llama.cpp on the same files.
-def file_logits(path, ids):
-    out = TMP / f"logits-{path.stem}.safetensors"
-    subprocess.run([BIN, "logits", str(path), "--token-ids", ",".join(map(str, ids)), "-o", str(out), "--force"], check=True, capture_output=True)
-    raw = out.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    t = json.loads(raw[8:8 + n])["logits"]
-    start, end = t["data_offsets"]
-    return np.frombuffer(raw[8 + n + start:8 + n + end], dtype=np.float32).reshape(t["shape"])
-
-
 chat_ids = Tokenizer.from_file("fixtures/models/llama-chat/tokenizer.json").encode("<|im_start|>user\nhello there, 12 + 30?<|im_end|>\n").ids
 for name in ["chat-f32", "chat-q8_0", "chat-q4_0", "chat-q4_k_m", "mixtral-chat-f32", "mixtral-chat-q8_0", "mixtral-chat-q4_k_m"]:
     path = TMP / f"ours-{name}.gguf"
-    mx, mean, top1 = stats(file_logits(path, chat_ids), llama_logits(path, chat_ids))
+    mx, mean, top1 = stats(pesc_logits(path, chat_ids), llama_logits(path, chat_ids))
     # Q5_1 (the Mixtral q4_k_m's attn_output) multiplies against Q8_1 activations, whose block sums candle and ggml
     # round differently: close, not equal.
     bound = 1e-2 if name == "mixtral-chat-q4_k_m" else 1e-4
     report(mx <= bound and top1 == 1.0, f"runner on {name}.gguf", f"{len(chat_ids)} tokens: max |pesc-convert - llama.cpp| {mx:.3g} (mean {mean:.3g}, top-1 agreement {top1:.2f})")
 for to in ["q8_0", "q4_k_m"]:
     path = TMP / f"ours-{to}.gguf"
-    mx, mean, top1 = stats(file_logits(path, ids), llama_logits(path, ids))
+    mx, mean, top1 = stats(pesc_logits(path, ids), llama_logits(path, ids))
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False, type_k=0, type_v=0)
     theirs = []
     for t in llm.generate(ids, temp=0.0, top_k=1):
@@ -298,7 +289,7 @@ for to in ["q8_0", "q4_k_m"]:
         theirs.append(t)
     mine = []
     for _ in range(len(theirs)):
-        mine.append(int(file_logits(path, ids + mine)[-1].argmax()))
+        mine.append(int(pesc_logits(path, ids + mine)[-1].argmax()))
     agree = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), len(theirs))
     # Not bit-identical at this scale: ggml's x86 SIMD activation quantizer (scale 127/max, ties to even) rounds a few
     # activations otherwise than the reference quantizer that candle follows (1/d, ties away), and SmolLM2's large
