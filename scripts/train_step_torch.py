@@ -30,6 +30,95 @@ from safetensors.torch import load_file
 LR, R, ALPHA, COEF = 1e-3, 8, 16.0, 0.01
 
 
+def load(pesc, run0, dtype):
+    """The frozen weights of PESC and the trainable tensors of a `--steps 0` run folder, as `dtype`."""
+    cfg = json.loads((pesc / "config.json").read_text())
+    w = {}
+    for f in sorted(pesc.glob("*.safetensors")):
+        w.update({k: v.to(dtype) for k, v in load_file(f).items()})
+    init = {k: v.to(dtype) for k, v in load_file(run0 / "adapter_model.safetensors").items()}
+    moe = {k: v.to(dtype) for k, v in load_file(run0 / "moe_model.safetensors").items()}
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in {**init, **moe}.items()}
+    return cfg, w, params
+
+
+def forward(cfg, w, params, ids, labels, r=R, alpha=ALPHA, coef=COEF):
+    """Mean cross-entropy over the response tokens and the balancing loss; padding is labelled -999."""
+    dt = w["model.embed_tokens.weight"].dtype
+    H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = cfg.get("head_dim") or H // nh
+    E, K, S = cfg["num_experts"], cfg["topk"], cfg.get("moe_scaling", 1.0)
+    eps = cfg["rms_norm_eps"]
+    theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
+
+    def lin(x, name):
+        y = x @ w[name + ".weight"].T
+        a_, b_ = f"base_model.model.{name}.lora_A.weight", f"base_model.model.{name}.lora_B.weight"
+        if a_ in params:
+            y = y + (x @ params[a_].T @ params[b_].T) * (alpha / r)
+        return y
+
+    def rms(x, wt):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * wt
+
+    B, T = ids.shape
+    x = w["model.embed_tokens.weight"][ids]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]
+    cos, sin = torch.cat([ang.cos()] * 2, -1).to(dt), torch.cat([ang.sin()] * 2, -1).to(dt)
+    rot = lambda t: t * cos + torch.cat([-t[..., d // 2:], t[..., : d // 2]], -1) * sin
+    mask = torch.full((T, T), float("-inf"), dtype=dt).triu(1)
+    valid = (labels != -999).reshape(-1)
+    aux = 0.0
+    for l in range(L):
+        p = f"model.layers.{l}"
+        h = rms(x, w[f"{p}.input_layernorm.weight"])
+        q = rot(lin(h, f"{p}.self_attn.q_proj").view(B, T, nh, d).transpose(1, 2))
+        k = rot(lin(h, f"{p}.self_attn.k_proj").view(B, T, nkv, d).transpose(1, 2)).repeat_interleave(nh // nkv, 1)
+        v = lin(h, f"{p}.self_attn.v_proj").view(B, T, nkv, d).transpose(1, 2).repeat_interleave(nh // nkv, 1)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + mask, -1) @ v
+        x = x + lin(att.transpose(1, 2).reshape(B, T, nh * d), f"{p}.self_attn.o_proj")
+        h = rms(x, w[f"{p}.post_attention_layernorm.weight"]).reshape(B * T, H)
+        f = lin(torch.nn.functional.silu(lin(h, f"{p}.mlp.gate_proj")) * lin(h, f"{p}.mlp.up_proj"), f"{p}.mlp.down_proj")
+        logits = h @ params[f"{p}.mlp.moe_adapter.router.weight"].T
+        top_v, top_i = torch.topk(logits, K, -1)
+        gates = torch.softmax(top_v, -1)
+        mix = torch.zeros_like(f)
+        for j in range(E):
+            # Only the tokens routed to expert j (as Mixtral's implementation in transformers dispatches).
+            rows, slot = torch.where(top_i == j)
+            if rows.numel() == 0:
+                continue
+            e = f"{p}.mlp.moe_adapter.experts.expert_{j}"
+            a_out = torch.nn.functional.gelu(f[rows] @ params[f"{e}.adapter_down.weight"].T) @ params[f"{e}.adapter_up.weight"].T
+            mix = mix.index_add(0, rows, a_out * gates[rows, slot, None])
+        y = f + S * mix
+        share = torch.nn.functional.one_hot(top_i[valid], E).sum(1).to(dt).mean(0) / K
+        prob = torch.softmax(logits[valid], -1).mean(0)
+        aux = aux + E * (share * prob).sum()
+        x = x + y.view(B, T, H)
+    x = rms(x, w["model.norm.weight"])
+    head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+    tgt = labels[:, 1:].reshape(-1)
+    logit = (x[:, :-1] @ head.T).reshape(-1, head.shape[0])
+    keep = tgt >= 0
+    ce = torch.nn.functional.cross_entropy(logit[keep], tgt[keep])
+    return ce, coef * aux
+
+
+def batch(records):
+    """Right-padded ids and labels (padding -999) of pre-tokenized records."""
+    T = max(len(r["input_ids"]) for r in records)
+    ids = torch.zeros(len(records), T, dtype=torch.long)
+    labels = torch.full((len(records), T), -999, dtype=torch.long)
+    for i, r in enumerate(records):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        labels[i, :n] = torch.tensor(r.get("labels", r["input_ids"]))
+    return ids, labels
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("pesc", type=Path)
@@ -43,79 +132,9 @@ def main():
     for steps in ("0", "1"):
         subprocess.run([a.bin, "train", str(a.pesc), "-o", str(tmp / f"run{steps}"), "--steps", steps, *common], check=True)
 
-    cfg = json.loads((a.pesc / "config.json").read_text())
-    w = {}
-    for f in sorted(a.pesc.glob("*.safetensors")):
-        w.update({k: v.double() for k, v in load_file(f).items()})
-    init = {k: v.double() for k, v in load_file(tmp / "run0/adapter_model.safetensors").items()}
-    moe = {k: v.double() for k, v in load_file(tmp / "run0/moe_model.safetensors").items()}
-    params = {k: torch.nn.Parameter(v.clone()) for k, v in {**init, **moe}.items()}
-    H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
-    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    d = cfg.get("head_dim") or H // nh
-    E, K, S = cfg["num_experts"], cfg["topk"], cfg.get("moe_scaling", 1.0)
-    eps = cfg["rms_norm_eps"]
-    theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
-
-    def lin(x, name):
-        y = x @ w[name + ".weight"].T
-        a_, b_ = f"base_model.model.{name}.lora_A.weight", f"base_model.model.{name}.lora_B.weight"
-        if a_ in params:
-            y = y + (x @ params[a_].T @ params[b_].T) * (ALPHA / R)
-        return y
-
-    def rms(x, wt):
-        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * wt
-
-    def forward(ids, labels):
-        B, T = ids.shape
-        x = w["model.embed_tokens.weight"][ids]
-        inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-        ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]
-        cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
-        rot = lambda t: t * cos + torch.cat([-t[..., d // 2:], t[..., : d // 2]], -1) * sin
-        mask = torch.full((T, T), float("-inf")).triu(1)
-        valid = (labels != -999).reshape(-1)  # every real position; padding is marked -999
-        aux = 0.0
-        for l in range(L):
-            p = f"model.layers.{l}"
-            h = rms(x, w[f"{p}.input_layernorm.weight"])
-            q = rot(lin(h, f"{p}.self_attn.q_proj").view(B, T, nh, d).transpose(1, 2))
-            k = rot(lin(h, f"{p}.self_attn.k_proj").view(B, T, nkv, d).transpose(1, 2)).repeat_interleave(nh // nkv, 1)
-            v = lin(h, f"{p}.self_attn.v_proj").view(B, T, nkv, d).transpose(1, 2).repeat_interleave(nh // nkv, 1)
-            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + mask, -1) @ v
-            x = x + lin(att.transpose(1, 2).reshape(B, T, nh * d), f"{p}.self_attn.o_proj")
-            h = rms(x, w[f"{p}.post_attention_layernorm.weight"]).reshape(B * T, H)
-            f = lin(torch.nn.functional.silu(lin(h, f"{p}.mlp.gate_proj")) * lin(h, f"{p}.mlp.up_proj"), f"{p}.mlp.down_proj")
-            logits = h @ params[f"{p}.mlp.moe_adapter.router.weight"].T
-            top_v, top_i = torch.topk(logits, K, -1)
-            gates = torch.softmax(top_v, -1)
-            mix = torch.zeros_like(f)
-            for j in range(E):
-                e = f"{p}.mlp.moe_adapter.experts.expert_{j}"
-                a_out = torch.nn.functional.gelu(f @ params[f"{e}.adapter_down.weight"].T) @ params[f"{e}.adapter_up.weight"].T
-                mix = mix + ((top_i == j) * gates).sum(-1, keepdim=True) * a_out
-            y = f + S * mix
-            share = torch.nn.functional.one_hot(top_i[valid], E).sum(1).double().mean(0) / K
-            prob = torch.softmax(logits[valid], -1).mean(0)
-            aux = aux + E * (share * prob).sum()
-            x = x + y.view(B, T, H)
-        x = rms(x, w["model.norm.weight"])
-        head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-        tgt = labels[:, 1:].reshape(-1)
-        logit = (x[:, :-1] @ head.T).reshape(-1, head.shape[0])
-        keep = tgt >= 0
-        ce = torch.nn.functional.cross_entropy(logit[keep], tgt[keep])
-        return ce, COEF * aux
-
-    T = max(len(r["input_ids"]) for r in records)
-    ids = torch.zeros(len(records), T, dtype=torch.long)
-    labels = torch.full((len(records), T), -999, dtype=torch.long)
-    for i, r in enumerate(records):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        labels[i, :n] = torch.tensor(r.get("labels", r["input_ids"]))
-    ce, aux = forward(ids, labels)
+    cfg, w, params = load(a.pesc, tmp / "run0", torch.float64)
+    ids, labels = batch(records)
+    ce, aux = forward(cfg, w, params, ids, labels)
     opt = torch.optim.AdamW(list(params.values()), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     (ce + aux).backward()
     norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0))

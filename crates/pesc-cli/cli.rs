@@ -540,6 +540,9 @@ pub struct TrainArgs {
     /// Held-out data (same formats): its loss before and after training goes to RUN/eval.json.
     #[arg(long, value_name = "FILE.jsonl")]
     pub eval_data: Option<PathBuf>,
+    /// Where to train (f32 on either).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -565,4 +568,7 @@ pub struct RouteStatsArgs {
     /// Prompt template of text records.
     #[arg(long, value_enum, default_value_t = TemplateArg::Chat)]
     pub template: TemplateArg,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
 }

@@ -3,7 +3,7 @@
 use crate::cli::{BaseArg, TemplateArg, TrainArgs};
 use crate::output;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use pesc_model::{TextModel, Weights};
 use pesc_train::{
@@ -46,6 +46,7 @@ impl DataSetup {
 
 pub fn run(a: &TrainArgs) -> Result<()> {
     crate::stop_cleanly_on_interrupt();
+    let device = a.device.device()?;
     let targets = a
         .lora_targets
         .split(',')
@@ -123,7 +124,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             a.output.display()
         );
     }
-    let train = TrainModel::load(&model, opts, &Device::Cpu)?;
+    let train = TrainModel::load(&model, opts, &device)?;
     let before = match &eval {
         Some(set) if a.resume.is_none() => Some(pesc_train::evaluate(&train, &set.examples, a.batch_size)?),
         _ => None,

@@ -457,6 +457,73 @@ fn bad_input_is_refused_with_its_line_and_leaves_nothing() {
         )),
         &["--lora-targets", "`x`"],
     );
+    if !cfg!(feature = "cuda") {
+        let out = dir.path().join("gpu");
+        assert_rejects(&run(train_args(&pesc, &data, &out, "1", &["--device", "cuda"])), &["built without CUDA", "--features cuda"]);
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_with_a_checkpoint_of_the_step_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let pesc = crafted(dir.path());
+    let data = dir.path().join("data.jsonl");
+    pattern_data(&data, 8);
+    let out = dir.path().join("run");
+    // Step 1 moves every trainable value by about 1e30: step 2's forward pass overflows.
+    let args = train_args(&pesc, &data, &out, "10", &["--warmup-ratio", "0"])
+        .into_iter()
+        .map(|a| if a == "1e-2" { "1e30".into() } else { a })
+        .collect::<Vec<_>>();
+    let o = run(args);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("error: the loss is NaN at step 2; stopped (checkpoint of step 1"), "{}", stderr(&o));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 1);
+    assert_eq!(metrics(&out).len(), 1, "only the finite step is logged");
+    assert!(!out.join("adapter_model.safetensors").exists(), "no results from a failed run");
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes_like_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pesc = crafted(dir.path());
+    let data = dir.path().join("data.jsonl");
+    pattern_data(&data, 8);
+    let out = dir.path().join("run");
+    // Far more steps than run before the signal arrives.
+    let child = std::process::Command::new(crate::common::bin())
+        .args(train_args(&pesc, &data, &out, "100000", &[]))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 120, "no steps logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    assert_code(&o, 130);
+    let err = stderr(&o);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    let step = state["step"].as_u64().unwrap();
+    assert!(err.contains(&format!("interrupted after step {step}")), "{err}");
+    assert_eq!(metrics(&out).len() as u64, step, "the checkpoint holds the last logged step");
+    // Resumed to step + 2, the run equals one that ran straight to step + 2.
+    let until = (step + 2).to_string();
+    let mut resumed = train_args(&pesc, &data, &out, "100000", &["--stop-after", &until]);
+    resumed.extend(["--resume".into(), out.as_os_str().into()]);
+    assert_code(&run(&resumed), 0);
+    let straight = dir.path().join("straight");
+    assert_code(&run(train_args(&pesc, &data, &straight, "100000", &["--stop-after", &until])), 0);
+    for f in ["adapter_model.safetensors", "moe_model.safetensors", "metrics.jsonl"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(straight.join(f)).unwrap(), "{f} differs");
+    }
 }
 
 #[test]

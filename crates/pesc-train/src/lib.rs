@@ -56,15 +56,17 @@ pub enum TrainError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The loss became NaN or infinite; a checkpoint was saved.
+    /// The loss or the gradient norm became NaN or infinite; a checkpoint was saved.
     #[error(
-        "the loss is {loss} at step {step}; stopped (checkpoint of step {saved} saved in `{dir}`)"
+        "the {what} is {value} at step {step}; stopped (checkpoint of step {saved} saved in `{dir}`)"
     )]
     NonFinite {
+        /// `loss` or `gradient norm`.
+        what: &'static str,
         /// The step whose loss was not finite.
         step: usize,
-        /// The loss.
-        loss: f64,
+        /// The value.
+        value: f64,
         /// The step the checkpoint holds.
         saved: usize,
         /// The checkpoint folder.

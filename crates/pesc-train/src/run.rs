@@ -186,8 +186,9 @@ impl Trainer {
             if !ce.is_finite() {
                 let dir = self.save_checkpoint()?;
                 return Err(TrainError::NonFinite {
+                    what: "loss",
                     step: self.step + 1,
-                    loss: ce,
+                    value: ce,
                     saved: self.step,
                     dir,
                 });
@@ -224,8 +225,9 @@ impl Trainer {
         if !grad_norm.is_finite() {
             let dir = self.save_checkpoint()?;
             return Err(TrainError::NonFinite {
+                what: "gradient norm",
                 step: self.step + 1,
-                loss: grad_norm,
+                value: grad_norm,
                 saved: self.step,
                 dir,
             });
