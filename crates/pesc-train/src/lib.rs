@@ -11,6 +11,7 @@
 //! - [`RouteStats`]: where a model routes each data source's tokens.
 
 mod data;
+mod frozen;
 mod model;
 mod optim;
 mod rng;

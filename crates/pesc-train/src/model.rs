@@ -118,7 +118,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = x.matmul(&self.w.t()?)?;
+        let mut y = crate::frozen::matmul_t(x, &self.w)?;
         if let Some((a, b)) = &self.lora {
             y = (y + (x.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * self.scale)?)?;
         }
@@ -440,7 +440,7 @@ impl TrainModel {
         }
         let rows = Tensor::from_vec(rows, targets.len(), dev)?;
         let x = rms_norm(&x.index_select(&rows, 0)?, &self.norm, self.eps)?;
-        let logits = x.matmul(&self.lm_head.t()?)?;
+        let logits = crate::frozen::matmul_t(&x, &self.lm_head)?;
         let m = targets.len();
         let target_idx = Tensor::from_vec(targets, (m, 1), dev)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
