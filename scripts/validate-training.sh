@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The worked training validation of docs/training.md, on the default model (CPU).
 #
-#   STEPS=200 scripts/validate-training.sh
+#   STEPS=300 scripts/validate-training.sh
 #
 # Needs work/smollm2 (scripts/quickstart.sh). Generates the mixed instruction set
 # (scripts/make-instruct-data.py: 600 training and 90 held-out math/code/general records), crafts
@@ -12,7 +12,7 @@
 # the merged PESC model on the held-out records per source, as a table and docs/training-routes.svg.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-STEPS="${STEPS:-200}"
+STEPS="${STEPS:-300}"
 OUT="${OUT:-work/validation}"
 cargo build --release --locked -q
 BIN="$PWD/target/release/pesc-convert"
