@@ -263,12 +263,7 @@ impl Model {
     /// weight's original dtype, which the quant state records).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, ArchError> {
         if let Some(info) = self.nf4.get(name) {
-            let values = self.read_nf4(name)?.dequantize();
-            if info.dtype == pesc_tensor::DType::F32 {
-                return Ok(values);
-            }
-            let rounded = pesc_tensor::from_f32(info.dtype, &values).and_then(|b| pesc_tensor::to_f32(info.dtype, &b));
-            return Ok(rounded.unwrap_or(values));
+            return Ok(crate::nf4::dequantize_as(&self.read_nf4(name)?, info.dtype));
         }
         let t = self.weights.get(name).ok_or_else(|| ArchError::MissingTensor {
             path: self.dir.clone(),

@@ -28,6 +28,18 @@ pub struct Nf4Config {
     pub compute_dtype: String,
 }
 
+/// The values of an NF4 weight as bitsandbytes' `dequantize_4bit` gives them: `code * absmax` in f32,
+/// then rounded to the weight's original `dtype`.
+#[must_use]
+pub fn dequantize_as(q: &Nf4Tensor, dtype: DType) -> Vec<f32> {
+    let values = q.dequantize();
+    if dtype == DType::F32 {
+        return values;
+    }
+    let rounded = pesc_tensor::from_f32(dtype, &values).and_then(|b| pesc_tensor::to_f32(dtype, &b));
+    rounded.unwrap_or(values)
+}
+
 /// One NF4 weight, as its quant state describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4Info {

@@ -24,7 +24,7 @@ mod weights;
 pub use sample::{generate, Sampler};
 pub use text::{ChatMessage, TextModel};
 pub use transformer::{Cache, ComputeDType, Forward, Runner};
-pub use weights::Weights;
+pub use weights::{StoredNf4, Weights};
 
 /// Errors of the runner.
 #[derive(Debug, thiserror::Error)]

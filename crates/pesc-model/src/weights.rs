@@ -5,6 +5,17 @@ use pesc_arch::{GgufModel, Model, ModelConfig, Moe, RawTensor};
 use pesc_quant::GgmlType;
 use std::path::Path;
 
+/// An NF4 folder's quantized weight as stored; `pesc_arch::dequantize_as(&codes, dtype)` gives
+/// what [`Weights::read_f32`] reads.
+pub struct StoredNf4 {
+    /// The codes and block scales.
+    pub codes: pesc_quant::nf4::Nf4Tensor,
+    /// The weight's original dtype.
+    pub dtype: pesc_tensor::DType,
+    /// The original shape.
+    pub shape: Vec<usize>,
+}
+
 /// A model opened for running.
 pub enum Weights {
     /// A Hugging Face folder.
@@ -88,13 +99,13 @@ impl Weights {
         }
     }
 
-    /// Whether `name` is stored in NF4 (an NF4 folder's quantized weight).
-    #[must_use]
-    pub fn is_nf4(&self, name: &str) -> bool {
-        match self {
-            Weights::Folder(m) => m.nf4(&m.stored_name(name)).is_some(),
-            Weights::Gguf(_) => false,
-        }
+    /// The stored NF4 weight `name` of an NF4 folder; `None` for any other tensor.
+    pub fn read_nf4(&self, name: &str) -> Result<Option<StoredNf4>> {
+        let Weights::Folder(m) = self else { return Ok(None) };
+        let stored = m.stored_name(name);
+        let Some(info) = m.nf4(&stored) else { return Ok(None) };
+        let shape = info.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+        Ok(Some(StoredNf4 { codes: m.read_nf4(&stored)?, dtype: info.dtype, shape }))
     }
 
     /// The values of `name` as f32 and its shape.

@@ -2,12 +2,14 @@
 //! transformer) on candle autograd, with the base frozen and the adapters,
 //! routers and LoRA matrices trainable.
 
+use crate::frozen::{matmul_t, FrozenWeight};
 use crate::rng::{uniform, SplitMix64};
 use crate::{Example, Result, TrainError};
 use candle_core::{DType, Device, Tensor, Var, D};
+use std::sync::Arc;
 use pesc_arch::{ExpertNaming, Moe};
 use pesc_model::ops::{causal_mask, rms_norm, softmax_last};
-use pesc_model::{rope, Weights};
+use pesc_model::{rope, StoredNf4, Weights};
 
 /// A base linear layer LoRA can adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -110,7 +112,7 @@ impl Default for TrainOptions {
 
 /// A frozen base matrix `[out, in]`, its bias, and LoRA `A [r, in]`, `B [out, r]`.
 struct Linear {
-    w: Tensor,
+    w: FrozenWeight,
     b: Option<Tensor>,
     lora: Option<(Var, Var)>,
     scale: f64,
@@ -118,7 +120,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = crate::frozen::matmul_t(x, &self.w)?;
+        let mut y = matmul_t(x, &self.w)?;
         if let Some((a, b)) = &self.lora {
             y = (y + (x.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * self.scale)?)?;
         }
@@ -154,7 +156,7 @@ pub struct TrainModel {
     layers: Vec<Layer>,
     embed: Tensor,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: FrozenWeight,
     inv_freq: Vec<f32>,
     eps: f64,
     num_heads: usize,
@@ -253,13 +255,24 @@ impl TrainModel {
          -> Result<Linear> {
             let module = format!("{p}.{}.{}", target.prefix(), target.module());
             let name = format!("{module}.weight");
-            let w = if opts.nf4_base && !weights.is_nf4(&name) {
-                let (values, shape) = weights.read_f32(&name)?;
-                let rounded = pesc_quant::nf4::roundtrip(&values, pesc_quant::nf4::Nf4Options::default())
-                    .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e}")))?;
-                Tensor::from_vec(rounded, shape, device)?.to_dtype(dtype)?
+            // QLoRA: an NF4 folder's codes as stored, or (--base nf4) the weight quantized here.
+            let stored = match weights.read_nf4(&name)? {
+                Some(s) => Some(s),
+                None if opts.nf4_base => {
+                    let (values, shape) = weights.read_f32(&name)?;
+                    let codes = pesc_quant::nf4::quantize(&values, pesc_quant::nf4::Nf4Options::default())
+                        .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e}")))?;
+                    Some(StoredNf4 { codes, dtype: pesc_tensor::DType::F32, shape })
+                }
+                None => None,
+            };
+            let w = if let Some(s) = stored {
+                let [o, i] = s.shape[..] else {
+                    return Err(TrainError::Invalid(format!("tensor `{name}` has shape {:?}, not a matrix", s.shape)));
+                };
+                FrozenWeight::Nf4 { codes: Arc::new(s.codes), original: s.dtype, shape: (o, i), dtype, device: device.clone() }
             } else {
-                tensor(&name)?
+                FrozenWeight::Tensor(tensor(&name)?)
             };
             let b = if bias {
                 Some(tensor(&format!("{module}.bias"))?)
@@ -267,7 +280,7 @@ impl TrainModel {
                 None
             };
             let lora = if opts.lora_r > 0 && opts.lora_targets.contains(&target) {
-                let (out, inp) = w.dims2()?;
+                let (out, inp) = w.dims()?;
                 let (an, bn) = (lora_name(&module, "A"), lora_name(&module, "B"));
                 #[allow(clippy::cast_precision_loss)]
                 let bound = 1.0 / (inp as f64).sqrt();
@@ -332,11 +345,11 @@ impl TrainModel {
             });
         }
         let embed = tensor("model.embed_tokens.weight")?;
-        let lm_head = if cfg.tie_word_embeddings && !weights.has("lm_head.weight") {
+        let lm_head = FrozenWeight::Tensor(if cfg.tie_word_embeddings && !weights.has("lm_head.weight") {
             embed.clone()
         } else {
             tensor("lm_head.weight")?
-        };
+        });
         Ok(TrainModel {
             layers,
             embed,
@@ -440,7 +453,7 @@ impl TrainModel {
         }
         let rows = Tensor::from_vec(rows, targets.len(), dev)?;
         let x = rms_norm(&x.index_select(&rows, 0)?, &self.norm, self.eps)?;
-        let logits = crate::frozen::matmul_t(&x, &self.lm_head)?;
+        let logits = matmul_t(&x, &self.lm_head)?;
         let m = targets.len();
         let target_idx = Tensor::from_vec(targets, (m, 1), dev)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
