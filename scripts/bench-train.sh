@@ -4,8 +4,9 @@
 # (scripts/bench_train_torch.py, the step CI checks the trainer against), in the same run, same
 # records, same flags: LoRA r 64 alpha 16 on q/k/v/o/gate/up/down, adapters and routers trainable,
 # batch B (default 4) of pre-tokenized records of T tokens (default 128; loss on all but the first
-# 16), adapter dropout off (the PyTorch step has none), STEPS steps (default 8). Also the dense LoRA
-# baseline (LoRA alone on the dense model) with pesc-convert. Tokens/s counts the steps only (not
+# 16), adapter dropout off (the PyTorch step has none), STEPS steps (default 8). Also, with
+# pesc-convert: the dense LoRA baseline (LoRA alone on the dense model), --gradient-checkpointing,
+# --base nf4 (QLoRA) and both. Tokens/s counts the steps only (not
 # loading); peak RSS is /usr/bin/time's for the whole process.
 #
 #   scripts/py-env.sh && scripts/bench-train.sh
@@ -35,8 +36,8 @@ PY
 flags=(--data "$tmp/data.jsonl" --batch-size "$B" --seq-len "$T" --lora-r 64 --lora-alpha 16 --adapter-dropout 0 --seed 0)
 echo "== $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $STEPS steps of $B x $T tokens"
 printf '%-44s %10s %12s\n' run tokens/s "peak RSS"
-ours() {  # label model run-folder
-  /usr/bin/time -f "%M" -o "$tmp/rss" "$bin" train "$2" -o "$tmp/$3" --steps "$STEPS" "${flags[@]}" 2>"$tmp/log"
+ours() {  # label model run-folder [flags]
+  /usr/bin/time -f "%M" -o "$tmp/rss" "$bin" train "$2" -o "$tmp/$3" --steps "$STEPS" "${flags[@]}" "${@:4}" 2>"$tmp/log"
   rate="$(grep -o '[0-9]* tokens/s' "$tmp/log" | tail -1 | cut -d' ' -f1)"
   printf '%-44s %10s %9s MiB\n' "$1" "$rate" "$(( $(cat "$tmp/rss") / 1024 ))"
 }
@@ -52,3 +53,6 @@ label = f"PyTorch {r['torch']} ({r['threads']} threads), PESC"
 print(f"{label:<44} {r['tokens_per_s']:10.0f} {int(open(sys.argv[2]).read()) // 1024:9d} MiB")
 PY
 ours "pesc-convert train, dense LoRA baseline" "$tmp/dense" run-dense
+ours "pesc-convert train --gradient-checkpointing" "$tmp/pesc" run-gc --gradient-checkpointing
+ours "pesc-convert train --base nf4" "$tmp/pesc" run-nf4 --base nf4
+ours "  ... --base nf4 --gradient-checkpointing" "$tmp/pesc" run-nf4-gc --base nf4 --gradient-checkpointing

@@ -540,6 +540,10 @@ pub struct TrainArgs {
     /// Held-out data (same formats): its loss before and after training goes to RUN/eval.json.
     #[arg(long, value_name = "FILE.jsonl")]
     pub eval_data: Option<PathBuf>,
+    /// Keep only each layer's input in the forward pass and recompute the layer in the backward
+    /// pass: far less activation memory for about one more forward pass.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Where to train (f32 on either).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,

@@ -98,6 +98,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         seed: a.seed,
         dtype: DType::F32,
         nf4_base: a.base == BaseArg::Nf4 || matches!(&model, Weights::Folder(m) if m.quantization.is_some()),
+        gradient_checkpointing: a.gradient_checkpointing,
     };
     if !(a.aux_loss_coef.is_finite() && a.aux_loss_coef >= 0.0) {
         bail!("--aux-loss-coef must be a finite number >= 0");

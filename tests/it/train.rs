@@ -62,12 +62,17 @@ fn noise(n: usize, seed: u64, scale: f64) -> Vec<f64> {
 
 /// The tiny model in f64 with every trainable tensor (adapters' zero `up` and LoRA's zero `B` included) set to noise.
 fn model_f64(dir: &Path) -> TrainModel {
+    model_f64_with(dir, false)
+}
+
+fn model_f64_with(dir: &Path, gradient_checkpointing: bool) -> TrainModel {
     let weights = pesc_model::Weights::open(&crafted(dir)).unwrap();
     let opts = TrainOptions {
         lora_r: 4,
         lora_alpha: 8.0,
         dtype: DType::F64,
         aux_loss_coef: 0.01,
+        gradient_checkpointing,
         ..TrainOptions::default()
     };
     let m = TrainModel::load(&weights, opts, &Device::Cpu).unwrap();
@@ -185,6 +190,27 @@ fn balancing_loss_gradient_matches_finite_differences() {
             "model.layers.1.mlp.moe_adapter.router.weight",
         ],
     );
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_losses_and_gradients() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (plain, ckpt) = (model_f64_with(d1.path(), false), model_f64_with(d2.path(), true));
+    let ex = examples();
+    let batch: Vec<&Example> = ex.iter().collect();
+    // With dropout (a key): the recomputed layers must draw the same masks.
+    let a = plain.forward_backward(&batch, Some(7), 0.5).unwrap();
+    let b = ckpt.forward_backward(&batch, Some(7), 0.5).unwrap();
+    assert!((a.ce - b.ce).abs() < 1e-12 && (a.aux - b.aux).abs() < 1e-12, "{} {} / {} {}", a.ce, a.aux, b.ce, b.aux);
+    assert_eq!(a.load, b.load);
+    assert_eq!(a.grads.len(), plain.params().len());
+    for ((name, _), (ga, gb)) in plain.params().iter().zip(a.grads.iter().zip(&b.grads)) {
+        let (ga, gb) = (ga.as_ref().unwrap(), gb.as_ref().unwrap());
+        let scale = ga.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        let diff = (ga - gb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(scale > 0.0, "{name}: zero gradient");
+        assert!(diff <= 1e-10 * (1.0 + scale), "{name}: gradients differ by {diff} (scale {scale})");
+    }
 }
 
 #[test]
@@ -317,6 +343,23 @@ fn loss_falls_on_a_learnable_pattern_and_the_run_folder_is_complete() {
         .is_some());
     let moe = pesc_io::SafetensorsFile::open(&out.join("moe_model.safetensors")).unwrap();
     assert_eq!(moe.tensors().len(), 2 * (1 + 4 * 2));
+}
+
+#[test]
+fn a_run_with_gradient_checkpointing_follows_the_plain_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pesc = crafted(dir.path());
+    let data = dir.path().join("data.jsonl");
+    pattern_data(&data, 8);
+    let (plain, ckpt) = (dir.path().join("plain"), dir.path().join("ckpt"));
+    assert_code(&run(train_args(&pesc, &data, &plain, "5", &["--grad-accum", "2"])), 0);
+    assert_code(&run(train_args(&pesc, &data, &ckpt, "5", &["--grad-accum", "2", "--gradient-checkpointing"])), 0);
+    for (a, b) in metrics(&plain).iter().zip(&metrics(&ckpt)) {
+        for key in ["loss", "aux_loss", "grad_norm"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "step {}: {key} {x} vs {y}", a["step"]);
+        }
+    }
 }
 
 #[test]

@@ -93,6 +93,9 @@ pub struct TrainOptions {
     /// (bitsandbytes' NF4, blocksize 64, double quantization), what a 4-bit
     /// base computes with. Weights of an NF4 folder are that already.
     pub nf4_base: bool,
+    /// Keep only each layer's input during the forward pass and recompute the layer in the
+    /// backward pass: activation memory of one layer instead of all, for one more forward.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainOptions {
@@ -106,6 +109,7 @@ impl Default for TrainOptions {
             seed: 0,
             dtype: DType::F32,
             nf4_base: false,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -184,6 +188,39 @@ pub struct Output {
     pub targets: usize,
     /// Tokens in the batch (padding excluded).
     pub tokens: usize,
+}
+
+/// One micro-batch's losses and the gradients of `scale * (ce + aux)`.
+pub struct Step {
+    /// Mean cross-entropy over the response tokens.
+    pub ce: f64,
+    /// The balancing loss, coefficient applied.
+    pub aux: f64,
+    /// Per layer, per expert: the share of (token, slot) assignments it received.
+    pub load: Vec<Vec<f64>>,
+    /// Tokens in the batch (padding excluded).
+    pub tokens: usize,
+    /// One gradient per parameter, in [`TrainModel::params`] order (`None`: not reached).
+    pub grads: Vec<Option<Tensor>>,
+}
+
+/// A batch laid out for the forward pass.
+struct Prepared {
+    b: usize,
+    t: usize,
+    ids: Tensor,
+    valid: Tensor,
+    tokens: usize,
+    rows: Tensor,
+    targets: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+/// A one-element tensor's value.
+pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
 fn usize_of(v: u64) -> usize {
@@ -391,6 +428,77 @@ impl TrainModel {
     /// Runs `batch` (right-padded to its longest example). With `dropout_key`
     /// (training), the adapter input is dropped out, seeded by the key.
     pub fn forward(&self, batch: &[&Example], dropout_key: Option<u64>) -> Result<Output> {
+        let p = self.prepare(batch)?;
+        let mut x = self.embed.index_select(&p.ids, 0)?;
+        let mut aux = Tensor::zeros((), self.opts.dtype, &self.device)?;
+        let mut load = Vec::new();
+        for li in 0..self.layers.len() {
+            let (next, routed) = self.layer(li, &x, &p, dropout_key)?;
+            if let Some((layer_aux, shares)) = routed {
+                aux = (aux + layer_aux)?;
+                load.push(shares);
+            }
+            x = next;
+        }
+        let ce = self.head(&x, &p)?;
+        let aux = (aux * self.opts.aux_loss_coef)?;
+        Ok(Output { ce, aux, load, targets: p.targets.dim(0)?, tokens: p.tokens })
+    }
+
+    /// The forward pass and the gradients of `scale * (ce + aux)`; with gradient checkpointing,
+    /// layer by layer from the top, each recomputed from its saved input.
+    pub fn forward_backward(&self, batch: &[&Example], dropout_key: Option<u64>, scale: f64) -> Result<Step> {
+        if !self.opts.gradient_checkpointing {
+            let out = self.forward(batch, dropout_key)?;
+            let store = ((&out.ce + &out.aux)? * scale)?.backward()?;
+            let grads = self.params.iter().map(|(_, v)| store.get(v.as_tensor()).cloned()).collect();
+            return Ok(Step { ce: scalar(&out.ce)?, aux: scalar(&out.aux)?, load: out.load, tokens: out.tokens, grads });
+        }
+        let p = self.prepare(batch)?;
+        let mut inputs = vec![self.embed.index_select(&p.ids, 0)?];
+        let (mut aux, mut load) = (0.0, Vec::new());
+        for li in 0..self.layers.len() {
+            let (next, routed) = self.layer(li, &inputs[li], &p, dropout_key)?;
+            if let Some((layer_aux, shares)) = routed {
+                aux += scalar(&layer_aux)? * self.opts.aux_loss_coef;
+                load.push(shares);
+            }
+            inputs.push(next.detach());
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let mut collect = |store: &candle_core::backprop::GradStore| -> Result<()> {
+            for (g, (_, v)) in grads.iter_mut().zip(&self.params) {
+                if let Some(new) = store.get(v.as_tensor()) {
+                    *g = Some(match g.take() {
+                        Some(old) => (old + new)?,
+                        None => new.clone(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        let top = Var::from_tensor(inputs.last().ok_or_else(|| TrainError::Invalid("a model without layers".into()))?)?;
+        let ce = self.head(top.as_tensor(), &p)?;
+        let store = (&ce * scale)?.backward()?;
+        collect(&store)?;
+        let mut upstream = store.get(top.as_tensor()).cloned();
+        for li in (0..self.layers.len()).rev() {
+            let Some(grad_out) = upstream.take() else { break };
+            let input = Var::from_tensor(&inputs[li])?;
+            let (out, routed) = self.layer(li, input.as_tensor(), &p, dropout_key)?;
+            let mut objective = (out * grad_out)?.sum_all()?;
+            if let Some((layer_aux, _)) = routed {
+                objective = (objective + (layer_aux * (self.opts.aux_loss_coef * scale))?)?;
+            }
+            let store = objective.backward()?;
+            collect(&store)?;
+            upstream = store.get(input.as_tensor()).cloned();
+        }
+        Ok(Step { ce: scalar(&ce)?, aux, load, tokens: p.tokens, grads })
+    }
+
+    /// Checks `batch` and lays it out: ids, the non-padding rows, the rows with a target.
+    fn prepare(&self, batch: &[&Example]) -> Result<Prepared> {
         let (b, t) = (
             batch.len(),
             batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
@@ -425,37 +533,46 @@ impl TrainModel {
             ));
         }
         let dev = &self.device;
-        let n = b * t;
-        let valid_idx = Tensor::from_vec(valid.clone(), valid.len(), dev)?;
-        let mut x = self
-            .embed
-            .index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
         let (cos, sin) = rope::tables(&self.inv_freq, 0, t, self.opts.dtype, dev)?;
-        let mask = causal_mask(0, t, self.window, &self.device)?.to_dtype(self.opts.dtype)?;
-        let mut aux = Tensor::zeros((), self.opts.dtype, dev)?;
-        let mut load = Vec::new();
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, self.eps)?;
-            let a = self.attention(layer, &h, b, t, &cos, &sin, &mask)?;
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.post_norm, self.eps)?;
-            let key = dropout_key.map(|k| k ^ (li as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let y = match &layer.router {
-                Some(router) => {
-                    let (y, layer_aux, shares) = self.pesc(layer, router, &h, &valid_idx, key)?;
-                    aux = (aux + layer_aux)?;
-                    load.push(shares);
-                    y
-                }
-                None => layer.down.forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?,
-            };
-            x = (x + y)?;
-        }
-        let rows = Tensor::from_vec(rows, targets.len(), dev)?;
-        let x = rms_norm(&x.index_select(&rows, 0)?, &self.norm, self.eps)?;
+        let (tokens, m) = (valid.len(), targets.len());
+        Ok(Prepared {
+            b,
+            t,
+            ids: Tensor::from_vec(ids, b * t, dev)?,
+            valid: Tensor::from_vec(valid, tokens, dev)?,
+            tokens,
+            rows: Tensor::from_vec(rows, m, dev)?,
+            targets: Tensor::from_vec(targets, (m, 1), dev)?,
+            cos,
+            sin,
+            mask: causal_mask(0, t, self.window, dev)?.to_dtype(self.opts.dtype)?,
+        })
+    }
+
+    /// Layer `li` on the residual stream `x`: the new stream and, for a PESC layer, its balancing
+    /// loss (without the coefficient) and expert shares.
+    #[allow(clippy::type_complexity)]
+    fn layer(&self, li: usize, x: &Tensor, p: &Prepared, dropout_key: Option<u64>) -> Result<(Tensor, Option<(Tensor, Vec<f64>)>)> {
+        let layer = &self.layers[li];
+        let h = rms_norm(x, &layer.input_norm, self.eps)?;
+        let a = self.attention(layer, &h, p.b, p.t, &p.cos, &p.sin, &p.mask)?;
+        let x = (x + a)?;
+        let h = rms_norm(&x, &layer.post_norm, self.eps)?;
+        let key = dropout_key.map(|k| k ^ (li as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let (y, routed) = match &layer.router {
+            Some(router) => {
+                let (y, layer_aux, shares) = self.pesc(layer, router, &h, &p.valid, key)?;
+                (y, Some((layer_aux, shares)))
+            }
+            None => (layer.down.forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?, None),
+        };
+        Ok(((x + y)?, routed))
+    }
+
+    /// Mean cross-entropy of the final stream `x` at the target rows.
+    fn head(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
+        let x = rms_norm(&x.index_select(&p.rows, 0)?, &self.norm, self.eps)?;
         let logits = matmul_t(&x, &self.lm_head)?;
-        let m = targets.len();
-        let target_idx = Tensor::from_vec(targets, (m, 1), dev)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let lse = (logits
             .broadcast_sub(&max)?
@@ -463,16 +580,8 @@ impl TrainModel {
             .sum_keepdim(D::Minus1)?
             .log()?
             + max)?;
-        let picked = logits.gather(&target_idx, 1)?;
-        let ce = (lse - picked)?.mean_all()?;
-        let aux = (aux * self.opts.aux_loss_coef)?;
-        Ok(Output {
-            ce,
-            aux,
-            load,
-            targets: m,
-            tokens: valid.len(),
-        })
+        let picked = logits.gather(&p.targets, 1)?;
+        Ok((lse - picked)?.mean_all()?)
     }
 
     #[allow(clippy::too_many_arguments)]

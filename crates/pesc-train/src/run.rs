@@ -6,6 +6,7 @@
 //! micro-batch. So a run resumed from a checkpoint (trainable tensors, AdamW
 //! moments, step) computes exactly what the uninterrupted run computes.
 
+use crate::model::scalar;
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::rng::SplitMix64;
 use crate::{Example, Result, TrainError, TrainModel};
@@ -179,22 +180,20 @@ impl Trainer {
             let idx: Vec<usize> = (0..b).map(|i| self.example_at(m * b + i)).collect();
             let batch: Vec<&Example> = idx.iter().map(|&i| &self.data[i]).collect();
             let key = self.opts.seed ^ (m as u64 + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
-            let out = self.model.forward(&batch, Some(key))?;
             #[allow(clippy::cast_precision_loss)]
-            let loss = ((&out.ce + &out.aux)? / g as f64)?;
-            let ce = scalar(&out.ce)?;
-            if !ce.is_finite() {
+            let out = self.model.forward_backward(&batch, Some(key), 1.0 / g as f64)?;
+            if !out.ce.is_finite() {
                 let dir = self.save_checkpoint()?;
                 return Err(TrainError::NonFinite {
                     what: "loss",
                     step: self.step + 1,
-                    value: ce,
+                    value: out.ce,
                     saved: self.step,
                     dir,
                 });
             }
-            ce_sum += ce;
-            aux_sum += scalar(&out.aux)?;
+            ce_sum += out.ce;
+            aux_sum += out.aux;
             tokens += out.tokens;
             if load.is_empty() {
                 load = vec![Vec::new(); out.load.len()];
@@ -206,12 +205,11 @@ impl Trainer {
                 #[allow(clippy::cast_precision_loss)]
                 acc.iter_mut().zip(l).for_each(|(a, x)| *a += x / g as f64);
             }
-            let store = loss.backward()?;
-            for (acc, v) in grads.iter_mut().zip(&vars) {
-                if let Some(gr) = store.get(v.as_tensor()) {
+            for (acc, gr) in grads.iter_mut().zip(out.grads) {
+                if let Some(gr) = gr {
                     *acc = Some(match acc.take() {
                         Some(a) => (a + gr)?,
-                        None => gr.clone(),
+                        None => gr,
                     });
                 }
             }
@@ -428,8 +426,4 @@ pub fn evaluate(model: &TrainModel, examples: &[Example], batch_size: usize) -> 
     }
     #[allow(clippy::cast_precision_loss)]
     Ok((sum / targets.max(1) as f64, targets))
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
