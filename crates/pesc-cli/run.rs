@@ -10,7 +10,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if a.prompt.trim().is_empty() {
         bail!("the prompt is empty");
     }
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) || !(a.top_p > 0.0 && a.top_p <= 1.0) {
+    if !(a.temperature >= 0.0 && a.temperature.is_finite() && a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--temperature must be a finite number >= 0 and --top-p in (0, 1]");
     }
     let model = Weights::open(&a.model)?;

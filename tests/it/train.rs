@@ -29,7 +29,7 @@ fn crafted(dir: &Path) -> PathBuf {
 fn pattern_data(path: &Path, n: usize) {
     let mut s = String::new();
     for i in 0..n {
-        let c = (i % 4) as u32;
+        let c = u32::try_from(i % 4).unwrap();
         let ids: Vec<u32> = [1, 10 + c, 5]
             .into_iter()
             .chain((0..8).map(|k| 20 + c * 10 + k))
@@ -242,11 +242,10 @@ fn crafted_model_loss_equals_the_runner() {
         .unwrap();
     let mut sum = 0.0f64;
     let mut n = 0.0;
-    for j in 0..ex.input_ids.len() - 1 {
-        let Ok(t) = usize::try_from(ex.labels[j + 1]) else {
+    for (row, &label) in logits.iter().zip(&ex.labels[1..]) {
+        let Ok(t) = usize::try_from(label) else {
             continue;
         };
-        let row = &logits[j];
         let max = row.iter().copied().fold(f32::MIN, f32::max);
         let lse = f64::from(max)
             + row

@@ -32,10 +32,10 @@ pub use weights::{StoredNf4, Weights};
 pub enum ModelError {
     /// From the model folder.
     #[error(transparent)]
-    Arch(#[from] pesc_arch::ArchError),
+    Arch(Box<pesc_arch::ArchError>),
     /// From reading files.
     #[error(transparent)]
-    Io(#[from] pesc_io::Error),
+    Io(Box<pesc_io::Error>),
     /// From candle.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
@@ -58,6 +58,18 @@ pub enum ModelError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<pesc_arch::ArchError> for ModelError {
+    fn from(e: pesc_arch::ArchError) -> Self {
+        ModelError::Arch(Box::new(e))
+    }
+}
+
+impl From<pesc_io::Error> for ModelError {
+    fn from(e: pesc_io::Error) -> Self {
+        ModelError::Io(Box::new(e))
+    }
 }
 
 /// A `Result` with [`ModelError`].
