@@ -26,6 +26,8 @@ pub const LORA_WEIGHTS: &str = "adapter_model.safetensors";
 pub const MOE_WEIGHTS: &str = "moe_model.safetensors";
 /// The checkpoint folder inside a run.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
+/// The previous checkpoint while a new one replaces it.
+const OLD_CHECKPOINT_DIR: &str = ".checkpoint.old";
 
 /// How the loop runs.
 #[derive(Debug, Clone)]
@@ -279,8 +281,15 @@ impl Trainer {
         let path = tmp.join("state.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap_or_default())
             .map_err(io(&path))?;
-        let _ = std::fs::remove_dir_all(&dir);
+        // Replace the previous checkpoint without a moment with none: it is set aside first,
+        // and `resume` falls back to it if a crash comes between the two renames.
+        let old = self.dir.join(OLD_CHECKPOINT_DIR);
+        let _ = std::fs::remove_dir_all(&old);
+        if dir.exists() {
+            std::fs::rename(&dir, &old).map_err(io(&dir))?;
+        }
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        let _ = std::fs::remove_dir_all(&old);
         Ok(dir)
     }
 
@@ -298,7 +307,10 @@ impl Trainer {
 
     /// Continues from the checkpoint in run folder `from`; keeps the metrics lines up to its step.
     pub fn resume(&mut self, from: &Path) -> Result<()> {
-        let dir = from.join(CHECKPOINT_DIR);
+        let mut dir = from.join(CHECKPOINT_DIR);
+        if !dir.exists() && from.join(OLD_CHECKPOINT_DIR).join("state.json").exists() {
+            dir = from.join(OLD_CHECKPOINT_DIR);
+        }
         let path = dir.join("state.json");
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         let bad = |m: String| TrainError::Invalid(format!("`{}`: {m}", path.display()));
