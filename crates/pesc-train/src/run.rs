@@ -281,11 +281,11 @@ impl Trainer {
         let path = tmp.join("state.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap_or_default())
             .map_err(io(&path))?;
-        // Replace the previous checkpoint without a moment with none: it is set aside first,
-        // and `resume` falls back to it if a crash comes between the two renames.
+        // There is always a whole checkpoint: the previous one is set aside first, and `resume`
+        // falls back to it if a crash comes between the two renames.
         let old = self.dir.join(OLD_CHECKPOINT_DIR);
-        let _ = std::fs::remove_dir_all(&old);
         if dir.exists() {
+            let _ = std::fs::remove_dir_all(&old);
             std::fs::rename(&dir, &old).map_err(io(&dir))?;
         }
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
