@@ -345,7 +345,7 @@ fn loss_falls_on_a_learnable_pattern_and_the_run_folder_is_complete() {
 }
 
 #[test]
-fn a_run_with_gradient_checkpointing_follows_the_plain_run() {
+fn a_run_with_gradient_checkpointing_equals_the_plain_run() {
     let dir = tempfile::tempdir().unwrap();
     let pesc = crafted(dir.path());
     let data = dir.path().join("data.jsonl");
@@ -353,11 +353,9 @@ fn a_run_with_gradient_checkpointing_follows_the_plain_run() {
     let (plain, ckpt) = (dir.path().join("plain"), dir.path().join("ckpt"));
     assert_code(&run(train_args(&pesc, &data, &plain, "5", &["--grad-accum", "2"])), 0);
     assert_code(&run(train_args(&pesc, &data, &ckpt, "5", &["--grad-accum", "2", "--gradient-checkpointing"])), 0);
-    for (a, b) in metrics(&plain).iter().zip(&metrics(&ckpt)) {
-        for key in ["loss", "aux_loss", "grad_norm"] {
-            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "step {}: {key} {x} vs {y}", a["step"]);
-        }
+    // The layers are recomputed with the same operations in the same order: the same bits.
+    for f in ["metrics.jsonl", "adapter_model.safetensors", "moe_model.safetensors"] {
+        assert_eq!(std::fs::read(plain.join(f)).unwrap(), std::fs::read(ckpt.join(f)).unwrap(), "{f} differs");
     }
 }
 

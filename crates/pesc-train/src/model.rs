@@ -456,15 +456,16 @@ impl TrainModel {
         }
         let p = self.prepare(batch)?;
         let mut inputs = vec![self.embed.index_select(&p.ids, 0)?];
-        let (mut aux, mut load) = (0.0, Vec::new());
+        let (mut aux, mut load) = (Tensor::zeros((), self.opts.dtype, &self.device)?, Vec::new());
         for li in 0..self.layers.len() {
             let (next, routed) = self.layer(li, &inputs[li], &p, dropout_key)?;
             if let Some((layer_aux, shares)) = routed {
-                aux += scalar(&layer_aux)? * self.opts.aux_loss_coef;
+                aux = (aux + layer_aux.detach())?;
                 load.push(shares);
             }
             inputs.push(next.detach());
         }
+        let aux = scalar(&(aux * self.opts.aux_loss_coef)?)?;
         let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let mut collect = |store: &candle_core::backprop::GradStore| -> Result<()> {
             for (g, (_, v)) in grads.iter_mut().zip(&self.params) {
@@ -483,10 +484,14 @@ impl TrainModel {
         collect(&store)?;
         let mut upstream = store.get(top.as_tensor()).cloned();
         for li in (0..self.layers.len()).rev() {
-            let Some(grad_out) = upstream.take() else { break };
             let input = Var::from_tensor(&inputs[li])?;
             let (out, routed) = self.layer(li, input.as_tensor(), &p, dropout_key)?;
-            let mut objective = (out * grad_out)?.sum_all()?;
+            // <out, dL/dout> (constant) and the layer's own balancing loss: their gradients are
+            // this layer's share of the whole loss's.
+            let mut objective = match upstream.take() {
+                Some(grad_out) => (out * grad_out)?.sum_all()?,
+                None => Tensor::zeros((), self.opts.dtype, &self.device)?,
+            };
             if let Some((layer_aux, _)) = routed {
                 objective = (objective + (layer_aux * (self.opts.aux_loss_coef * scale))?)?;
             }
