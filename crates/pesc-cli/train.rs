@@ -61,15 +61,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     let model = Weights::open(&a.model)?;
     let cfg = model.config();
-    if matches!(cfg.moe, pesc_arch::Moe::Dense) && a.lora_r == 0 {
-        bail!("`{}` is a dense model: only LoRA can be trained on it, and --lora-r is 0", a.model.display());
-    }
-    if matches!(cfg.moe, pesc_arch::Moe::Mixtral { .. }) {
-        bail!(
-            "`{}` is a Mixtral model; train takes a PESC model (or a dense one for a LoRA-only baseline)",
-            a.model.display()
-        );
-    }
+    // Before the data is read: a model the trainer refuses.
+    pesc_train::trainable(cfg, a.lora_r)?;
     let setup = DataSetup::new(&model, a.template)?;
     let tk = setup.tokenizing(a.seq_len)?;
     let data = Dataset::load(&a.data, &tk)?;

@@ -16,6 +16,11 @@ pub struct StoredNf4 {
     pub shape: Vec<usize>,
 }
 
+/// A stored shape as `usize`s (an impossible size saturates, and later checks refuse it).
+fn usize_shape(s: &[u64]) -> Vec<usize> {
+    s.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect()
+}
+
 /// A model opened for running.
 pub enum Weights {
     /// A Hugging Face folder.
@@ -104,22 +109,20 @@ impl Weights {
         let Weights::Folder(m) = self else { return Ok(None) };
         let stored = m.stored_name(name);
         let Some(info) = m.nf4(&stored) else { return Ok(None) };
-        let shape = info.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
-        Ok(Some(StoredNf4 { codes: m.read_nf4(&stored)?, dtype: info.dtype, shape }))
+        Ok(Some(StoredNf4 { codes: m.read_nf4(&stored)?, dtype: info.dtype, shape: usize_shape(&info.shape) }))
     }
 
     /// The values of `name` as f32 and its shape.
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let usize_of = |s: &[u64]| s.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
         match self {
             Weights::Folder(m) => {
                 let stored = m.stored_name(name);
                 let shape = m.shape_of(&stored).ok_or_else(|| ModelError::Input(format!("`{}`: tensor `{stored}` is missing", m.dir.display())))?;
                 // Float tensors converted, NF4 weights dequantized.
-                Ok((m.read_f32(&stored)?, usize_of(&shape)))
+                Ok((m.read_f32(&stored)?, usize_shape(&shape)))
             }
             Weights::Gguf(g) => {
-                let shape = g.tensors().find(|(n, _)| *n == name).map(|(_, s)| usize_of(s)).unwrap_or_default();
+                let shape = g.tensors().find(|(n, _)| *n == name).map(|(_, s)| usize_shape(s)).unwrap_or_default();
                 Ok((g.read_f32(name)?, shape))
             }
         }

@@ -19,7 +19,7 @@ mod routes;
 mod run;
 
 pub use data::{Dataset, Example, Template, Tokenizing, IGNORE};
-pub use model::{LoraTarget, Output, TrainModel, TrainOptions};
+pub use model::{trainable, LoraTarget, Output, Step, TrainModel, TrainOptions};
 pub use optim::{clip_grad_norm, lr_at, AdamW};
 pub use routes::RouteStats;
 pub use run::{

@@ -6,10 +6,10 @@ use crate::frozen::{matmul_t, FrozenWeight};
 use crate::rng::{uniform, SplitMix64};
 use crate::{Example, Result, TrainError};
 use candle_core::{DType, Device, Tensor, Var, D};
-use std::sync::Arc;
-use pesc_arch::{ExpertNaming, Moe};
+use pesc_arch::{ExpertNaming, ModelConfig, Moe, PescParams};
 use pesc_model::ops::{causal_mask, rms_norm, softmax_last};
 use pesc_model::{rope, StoredNf4, Weights};
+use std::sync::Arc;
 
 /// A base linear layer LoRA can adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -155,6 +155,13 @@ struct Layer {
     experts: Vec<Adapter>,
 }
 
+impl Layer {
+    /// The dense SwiGLU FFN, `down(silu(gate(h)) * up(h))`.
+    fn ffn(&self, h: &Tensor) -> Result<Tensor> {
+        self.down.forward(&(self.gate.forward(h)?.silu()? * self.up.forward(h)?)?)
+    }
+}
+
 /// A PESC model prepared for training.
 pub struct TrainModel {
     layers: Vec<Layer>,
@@ -218,6 +225,32 @@ struct Prepared {
     mask: Tensor,
 }
 
+/// The PESC settings of a model the trainer takes: a PESC model, or a dense one when LoRA is
+/// trained (the baseline, `None`); Mixtral models and dense ones without LoRA are refused.
+pub fn trainable(cfg: &ModelConfig, lora_r: usize) -> Result<Option<&PescParams>> {
+    match &cfg.moe {
+        Moe::Pesc(p) => Ok(Some(p)),
+        Moe::Dense if lora_r > 0 => Ok(None),
+        Moe::Dense => Err(TrainError::Invalid(format!(
+            "`{}` is a dense model: only LoRA can be trained on it, and --lora-r is 0",
+            cfg.path.display()
+        ))),
+        Moe::Mixtral { .. } => Err(TrainError::Invalid(format!(
+            "`{}` is a Mixtral model; train takes a PESC model (or a dense one for a LoRA-only baseline)",
+            cfg.path.display()
+        ))),
+    }
+}
+
+/// Adds `g` to the running sum `acc`.
+pub(crate) fn accumulate(acc: &mut Option<Tensor>, g: Tensor) -> Result<()> {
+    *acc = Some(match acc.take() {
+        Some(a) => (a + g)?,
+        None => g,
+    });
+    Ok(())
+}
+
 /// A one-element tensor's value.
 pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
@@ -240,23 +273,7 @@ impl TrainModel {
     /// `kaiming_uniform_(a = sqrt(5))` (`U(-1/sqrt(in), 1/sqrt(in))`, seeded by name), `B` zero.
     pub fn load(weights: &Weights, opts: TrainOptions, device: &Device) -> Result<Self> {
         let cfg = weights.config();
-        let pesc = match &cfg.moe {
-            Moe::Pesc(p) => Some(p),
-            Moe::Dense if opts.lora_r > 0 => None,
-            Moe::Dense => {
-                return Err(TrainError::Invalid(format!(
-                    "`{}` is a dense model: only LoRA can be trained on it, and --lora-r is 0",
-                    cfg.path.display()
-                )))
-            }
-            Moe::Mixtral { .. } => {
-                return Err(TrainError::Invalid(format!(
-                    "`{}`: not a PESC or dense model ({}); craft a PESC model with `pesc-convert craft`",
-                    cfg.path.display(),
-                    weights.kind()
-                )))
-            }
-        };
+        let pesc = trainable(cfg, opts.lora_r)?;
         if !matches!(opts.dtype, DType::F32 | DType::F64) {
             return Err(TrainError::Invalid(
                 "the trainer computes in f32 (or f64)".into(),
@@ -470,10 +487,7 @@ impl TrainModel {
         let mut collect = |store: &candle_core::backprop::GradStore| -> Result<()> {
             for (g, (_, v)) in grads.iter_mut().zip(&self.params) {
                 if let Some(new) = store.get(v.as_tensor()) {
-                    *g = Some(match g.take() {
-                        Some(old) => (old + new)?,
-                        None => new.clone(),
-                    });
+                    accumulate(g, new.clone())?;
                 }
             }
             Ok(())
@@ -569,7 +583,7 @@ impl TrainModel {
                 let (y, layer_aux, shares) = self.pesc(layer, router, &h, &p.valid, key)?;
                 (y, Some((layer_aux, shares)))
             }
-            None => (layer.down.forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?, None),
+            None => (layer.ffn(&h)?, None),
         };
         Ok(((x + y)?, routed))
     }
@@ -643,9 +657,7 @@ impl TrainModel {
         valid: &Tensor,
         dropout_key: Option<u64>,
     ) -> Result<(Tensor, Tensor, Vec<f64>)> {
-        let f = layer
-            .down
-            .forward(&(layer.gate.forward(h)?.silu()? * layer.up.forward(h)?)?)?;
+        let f = layer.ffn(h)?;
         let logits = h.matmul(&router.as_tensor().t()?)?;
         let (n, e) = logits.dims2()?;
         let k = self.top_k;

@@ -6,7 +6,7 @@
 //! micro-batch. So a run resumed from a checkpoint (trainable tensors, AdamW
 //! moments, step) computes exactly what the uninterrupted run computes.
 
-use crate::model::scalar;
+use crate::model::{accumulate, scalar};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::rng::SplitMix64;
 use crate::{Example, Result, TrainError, TrainModel};
@@ -209,10 +209,7 @@ impl Trainer {
             }
             for (acc, gr) in grads.iter_mut().zip(out.grads) {
                 if let Some(gr) = gr {
-                    *acc = Some(match acc.take() {
-                        Some(a) => (a + gr)?,
-                        None => gr,
-                    });
+                    accumulate(acc, gr)?;
                 }
             }
         }
