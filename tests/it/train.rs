@@ -298,6 +298,14 @@ fn train_args(
     v
 }
 
+/// Two run folders hold the same metrics and trained tensors, byte for byte.
+#[track_caller]
+fn assert_same_results(a: &Path, b: &Path) {
+    for f in ["metrics.jsonl", "adapter_model.safetensors", "moe_model.safetensors"] {
+        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs");
+    }
+}
+
 fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
@@ -354,9 +362,7 @@ fn a_run_with_gradient_checkpointing_equals_the_plain_run() {
     assert_code(&run(train_args(&pesc, &data, &plain, "5", &["--grad-accum", "2"])), 0);
     assert_code(&run(train_args(&pesc, &data, &ckpt, "5", &["--grad-accum", "2", "--gradient-checkpointing"])), 0);
     // The layers are recomputed with the same operations in the same order: the same bits.
-    for f in ["metrics.jsonl", "adapter_model.safetensors", "moe_model.safetensors"] {
-        assert_eq!(std::fs::read(plain.join(f)).unwrap(), std::fs::read(ckpt.join(f)).unwrap(), "{f} differs");
-    }
+    assert_same_results(&plain, &ckpt);
 }
 
 #[test]
@@ -378,17 +384,7 @@ fn a_resumed_run_equals_the_uninterrupted_one() {
     let mut resumed = train_args(&pesc, &data, &half, "6", &extra);
     resumed.extend(["--resume".into(), half.as_os_str().into()]);
     assert_code(&run(&resumed), 0);
-    for f in [
-        "adapter_model.safetensors",
-        "moe_model.safetensors",
-        "metrics.jsonl",
-    ] {
-        assert_eq!(
-            std::fs::read(whole.join(f)).unwrap(),
-            std::fs::read(half.join(f)).unwrap(),
-            "{f} differs"
-        );
-    }
+    assert_same_results(&whole, &half);
 }
 
 #[test]
@@ -563,9 +559,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_like_an_uninterrupted_run() {
     assert_code(&run(&resumed), 0);
     let straight = dir.path().join("straight");
     assert_code(&run(train_args(&pesc, &data, &straight, "100000", &["--stop-after", &until])), 0);
-    for f in ["adapter_model.safetensors", "moe_model.safetensors", "metrics.jsonl"] {
-        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(straight.join(f)).unwrap(), "{f} differs");
-    }
+    assert_same_results(&out, &straight);
 }
 
 #[test]
