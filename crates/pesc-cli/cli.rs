@@ -184,7 +184,9 @@ impl DeviceArg {
         match self {
             DeviceArg::Cpu => Ok(candle_core::Device::Cpu),
             DeviceArg::Cuda if cfg!(feature = "cuda") => Ok(candle_core::Device::new_cuda(0)?),
-            DeviceArg::Cuda => anyhow::bail!("this pesc-convert was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+            DeviceArg::Cuda => {
+                anyhow::bail!("this pesc-convert was built without CUDA; rebuild with `cargo build --release --features cuda`")
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 use crate::cli::ImportGgufArgs;
 use crate::{output, progress};
 use anyhow::Result;
-use pesc_craft::Publish;
 use pesc_arch::GgufModel;
+use pesc_craft::Publish;
 use pesc_io::OutputDir;
 use serde_json::json;
 use std::collections::BTreeMap;

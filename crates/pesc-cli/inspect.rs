@@ -166,11 +166,8 @@ fn gguf(args: &InspectArgs) -> Result<()> {
     for t in f.tensors() {
         *types.entry(t.ty.to_string()).or_insert(0) += t.n_elements();
     }
-    let tensors: Vec<Value> = f
-        .tensors()
-        .iter()
-        .map(|t| json!({"name": t.name, "type": t.ty.to_string(), "shape": t.shape(), "bytes": t.nbytes}))
-        .collect();
+    let tensors: Vec<Value> =
+        f.tensors().iter().map(|t| json!({"name": t.name, "type": t.ty.to_string(), "shape": t.shape(), "bytes": t.nbytes})).collect();
     let metadata: serde_json::Map<String, Value> = md.iter().map(|(k, v)| (k.to_owned(), gguf_value(v))).collect();
     let report = json!({
         "format": "gguf",

@@ -27,11 +27,7 @@ pub fn run(a: &MergeLoraArgs) -> Result<()> {
     for w in model.weights.warnings().iter().chain(&merge.warnings) {
         output::warn(w);
     }
-    output::note(&format!(
-        "merging onto {} ({})",
-        merge.onto.name(),
-        merge.onto_reason
-    ));
+    output::note(&format!("merging onto {} ({})", merge.onto.name(), merge.onto_reason));
     let parameters = json!({
         "onto": merge.onto.name(), "onto_reason": merge.onto_reason, "dtype": a.dtype.name(),
         "nf4_blocksize": merge.nf4.blocksize, "nf4_double_quant": merge.nf4.double_quant, "shard_size": a.out.shard_size,
@@ -50,12 +46,7 @@ pub fn run(a: &MergeLoraArgs) -> Result<()> {
     if a.no_double_quant {
         command.push_str(" --no-double-quant");
     }
-    let _ = write!(
-        command,
-        " --shard-size {}{}",
-        a.out.shard_size,
-        if a.out.force { " --force" } else { "" }
-    );
+    let _ = write!(command, " --shard-size {}{}", a.out.shard_size, if a.out.force { " --force" } else { "" });
     let card = pesc_craft::merge_card(&model, &merge, &shown(&a.adapter), &command);
 
     let mut dir = OutputDir::create(&a.out.output, a.out.force, &[&model.dir, &a.adapter])?;
@@ -66,10 +57,7 @@ pub fn run(a: &MergeLoraArgs) -> Result<()> {
         let hashing_adapter = s.spawn(|| -> Result<BTreeMap<String, pesc_io::FileDigest>> {
             let mut out = BTreeMap::new();
             for p in merge.input_files() {
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 out.insert(name, pesc_io::hash_file(&p)?);
             }
             Ok(out)
@@ -85,15 +73,8 @@ pub fn run(a: &MergeLoraArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     dir.write_file("README.md", card.as_bytes())?;
-    let publish = Publish {
-        command: "merge-lora".into(),
-        parameters,
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    let inputs = BTreeMap::from([
-        ("model".to_owned(), digests),
-        ("adapter".to_owned(), adapter_digests),
-    ]);
+    let publish = Publish { command: "merge-lora".into(), parameters, tool_version: env!("CARGO_PKG_VERSION").into() };
+    let inputs = BTreeMap::from([("model".to_owned(), digests), ("adapter".to_owned(), adapter_digests)]);
     let target = publish.finish(dir, Some(&model.dir), inputs)?;
     output::data(&report_table(&merge, &rows))?;
     output::note(&format!("wrote `{}`", target.display()));
@@ -128,12 +109,7 @@ fn report_table(merge: &Merge, rows: &[ReportRow]) -> String {
             e.nf4_sq += q * q * n;
         }
     }
-    let mut s = format!(
-        "merged onto {} ({} LoRA weights, {} replaced whole)\n",
-        merge.onto.name(),
-        rows.len(),
-        merge.replaced().count()
-    );
+    let mut s = format!("merged onto {} ({} LoRA weights, {} replaced whole)\n", merge.onto.name(), rows.len(), merge.replaced().count());
     s.push_str("layer  weights  delta_rms    nf4_err_rms  nf4_err/delta\n");
     for (layer, e) in &layers {
         let name = layer.map_or_else(|| "-".to_owned(), |l| l.to_string());
@@ -141,22 +117,11 @@ fn report_table(merge: &Merge, rows: &[ReportRow]) -> String {
         let (q, ratio) = if e.quantized_numel > 0.0 {
             let q = (e.nf4_sq / e.quantized_numel).sqrt();
             let dq = (e.quantized_delta_sq / e.quantized_numel).sqrt();
-            (
-                format!("{q:.4e}"),
-                if dq > 0.0 {
-                    format!("{:.2}", q / dq)
-                } else {
-                    "-".into()
-                },
-            )
+            (format!("{q:.4e}"), if dq > 0.0 { format!("{:.2}", q / dq) } else { "-".into() })
         } else {
             ("-".into(), "-".into())
         };
-        let _ = writeln!(
-            s,
-            "{name:<6} {:<8} {delta:<12.4e} {q:<12} {ratio}",
-            e.weights
-        );
+        let _ = writeln!(s, "{name:<6} {:<8} {delta:<12.4e} {q:<12} {ratio}", e.weights);
     }
     s
 }

@@ -51,6 +51,11 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let _ = writeln!(stdout, "{}", all.get(shown..).unwrap_or(""));
     let secs = started.elapsed().as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
-    output::note(&format!("{} prompt tokens, {} generated in {secs:.2}s ({:.1} tokens/s)", ids.len(), out.len(), out.len() as f64 / secs.max(1e-9)));
+    output::note(&format!(
+        "{} prompt tokens, {} generated in {secs:.2}s ({:.1} tokens/s)",
+        ids.len(),
+        out.len(),
+        out.len() as f64 / secs.max(1e-9)
+    ));
     Ok(())
 }

@@ -6,9 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use pesc_model::{TextModel, Weights};
-use pesc_train::{
-    Dataset, LoraTarget, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer,
-};
+use pesc_train::{Dataset, LoraTarget, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer};
 
 /// The tokenizer and prompt template a model's data files are read with.
 pub(crate) struct DataSetup {
@@ -50,11 +48,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let targets = a
         .lora_targets
         .split(',')
-        .map(|t| {
-            LoraTarget::parse(t).with_context(|| {
-                format!("--lora-targets: `{t}` is not one of q, k, v, o, gate, up, down")
-            })
-        })
+        .map(|t| LoraTarget::parse(t).with_context(|| format!("--lora-targets: `{t}` is not one of q, k, v, o, gate, up, down")))
         .collect::<Result<Vec<_>>>()?;
     if a.save_every == 0 {
         bail!("--save-every must be at least 1");
@@ -71,11 +65,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         "{} records from `{}`{}",
         data.examples.len(),
         a.data.display(),
-        if data.truncated > 0 {
-            format!("; {} truncated to --seq-len {}", data.truncated, a.seq_len)
-        } else {
-            String::new()
-        }
+        if data.truncated > 0 { format!("; {} truncated to --seq-len {}", data.truncated, a.seq_len) } else { String::new() }
     ));
     let moe_dtype = match cfg.raw.get("moe_dtype").and_then(serde_json::Value::as_str) {
         Some("bfloat16") => DType::BF16,
@@ -108,15 +98,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         moe_dtype,
         base_model: a.model.display().to_string(),
     };
-    let same_run = a
-        .resume
-        .as_ref()
-        .is_some_and(|r| std::fs::canonicalize(r).ok() == std::fs::canonicalize(&a.output).ok());
+    let same_run = a.resume.as_ref().is_some_and(|r| std::fs::canonicalize(r).ok() == std::fs::canonicalize(&a.output).ok());
     if !same_run && a.output.exists() {
-        bail!(
-            "`{}` exists; choose a new run folder (or pass it to --resume to continue it)",
-            a.output.display()
-        );
+        bail!("`{}` exists; choose a new run folder (or pass it to --resume to continue it)", a.output.display());
     }
     let train = TrainModel::load(&model, opts, &device)?;
     let before = match &eval {
@@ -125,8 +109,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     };
     let mut trainer = Trainer::new(train, data.examples, run_opts, &a.output)?;
     if !same_run {
-        std::fs::create_dir_all(&a.output)
-            .with_context(|| format!("creating `{}`", a.output.display()))?;
+        std::fs::create_dir_all(&a.output).with_context(|| format!("creating `{}`", a.output.display()))?;
     }
     let result = train_loop(a, &mut trainer).and_then(|()| match &eval {
         Some(set) => write_eval(a, &trainer, &set.examples, before),
@@ -159,11 +142,7 @@ fn write_eval(a: &TrainArgs, trainer: &Trainer, examples: &[pesc_train::Example]
 fn train_loop(a: &TrainArgs, trainer: &mut Trainer) -> Result<()> {
     if let Some(from) = &a.resume {
         trainer.resume(from)?;
-        output::note(&format!(
-            "resumed from step {} of `{}`",
-            trainer.step_count(),
-            from.display()
-        ));
+        output::note(&format!("resumed from step {} of `{}`", trainer.step_count(), from.display()));
     }
     let bar = ProgressBar::new(a.steps as u64);
     bar.set_style(
@@ -213,11 +192,7 @@ fn train_loop(a: &TrainArgs, trainer: &mut Trainer) -> Result<()> {
             a.output.display()
         ));
     } else {
-        output::note(&format!(
-            "no steps to run; wrote the adapters of step {} to `{}`",
-            trainer.step_count(),
-            a.output.display()
-        ));
+        output::note(&format!("no steps to run; wrote the adapters of step {} to `{}`", trainer.step_count(), a.output.display()));
     }
     Ok(())
 }

@@ -26,11 +26,8 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
     let sequences = inputs(a, &refr)?;
     let exact = pesc_verify::has_zero_adapters(&cand)? && matches!(refr.config().moe, pesc_arch::Moe::Dense) && same_storage(&cand, &refr);
     let device = a.device.device()?;
-    let c = pesc_verify::compare(
-        &Runner::load(&cand, a.dtype.dtype(), &device)?,
-        &Runner::load(&refr, a.dtype.dtype(), &device)?,
-        &sequences,
-    )?;
+    let c =
+        pesc_verify::compare(&Runner::load(&cand, a.dtype.dtype(), &device)?, &Runner::load(&refr, a.dtype.dtype(), &device)?, &sequences)?;
     let (max_abs, max_kl) = if exact { (0.0, 0.0) } else { (a.max_abs_diff, a.max_kl) };
     let pass = c.max_abs_diff <= max_abs && c.mean_kl <= max_kl;
     let report = json!({

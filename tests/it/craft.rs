@@ -72,7 +72,9 @@ fn craft_config_has_the_pesc_keys_and_matches_the_schema() {
     let tmp = tempfile::tempdir().unwrap();
     let schema: Value = serde_json::from_str(include_str!("../../schemas/pesc-config.schema.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    for (name, model_type, base) in [("llama-gqa", "camelidae", "llama"), ("qwen2-bias", "qwen2idae", "qwen2"), ("mistral", "camelidae", "mistral")] {
+    for (name, model_type, base) in
+        [("llama-gqa", "camelidae", "llama"), ("qwen2-bias", "qwen2idae", "qwen2"), ("mistral", "camelidae", "mistral")]
+    {
         let out = tmp.path().join(name);
         assert_code(&craft(&fixture(name), &out, &["--scaling", "0.5"]), 0);
         let c = json(&out.join("config.json"));
@@ -173,7 +175,16 @@ fn indexed_expert_naming_is_read() {
 fn upcycle_copies_the_ffn_into_every_expert() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mixtral");
-    let o = run([Path::new("upcycle"), &fixture("llama-sharded"), Path::new("-o"), &out, Path::new("--experts"), Path::new("3"), Path::new("--top-k"), Path::new("2")]);
+    let o = run([
+        Path::new("upcycle"),
+        &fixture("llama-sharded"),
+        Path::new("-o"),
+        &out,
+        Path::new("--experts"),
+        Path::new("3"),
+        Path::new("--top-k"),
+        Path::new("2"),
+    ]);
     assert_code(&o, 0);
     let dense = Checkpoint::open_dir(&fixture("llama-sharded")).unwrap();
     let moe = Checkpoint::open_dir(&out).unwrap();
@@ -188,7 +199,10 @@ fn upcycle_copies_the_ffn_into_every_expert() {
         assert_eq!(moe.get(&format!("model.layers.{l}.block_sparse_moe.gate.weight")).unwrap().shape, [3, 64]);
     }
     let c = json(&out.join("config.json"));
-    assert_eq!((c["model_type"].as_str(), c["num_local_experts"].as_u64(), c["num_experts_per_tok"].as_u64()), (Some("mixtral"), Some(3), Some(2)));
+    assert_eq!(
+        (c["model_type"].as_str(), c["num_local_experts"].as_u64(), c["num_experts_per_tok"].as_u64()),
+        (Some("mixtral"), Some(3), Some(2))
+    );
     assert_eq!(c["architectures"][0], "MixtralForCausalLM");
     let info: Value = serde_json::from_str(&stdout(&run([Path::new("inspect"), &out, Path::new("--json")]))).unwrap();
     assert_eq!(info["architecture"], "mixtral");
@@ -218,16 +232,46 @@ fn bad_craft_requests_exit_2_and_write_nothing() {
     let o = std::process::Command::new(crate::common::bin()).current_dir(tmp.path()).arg("craft").arg(&gqa).args(wide).output().unwrap();
     assert_code(&o, 0);
     let mixtral = tmp.path().join("mixtral");
-    assert_code(&run([Path::new("upcycle"), &gqa, Path::new("-o"), &mixtral, Path::new("--experts"), Path::new("2"), Path::new("--top-k"), Path::new("1")]), 0);
+    assert_code(
+        &run([
+            Path::new("upcycle"),
+            &gqa,
+            Path::new("-o"),
+            &mixtral,
+            Path::new("--experts"),
+            Path::new("2"),
+            Path::new("--top-k"),
+            Path::new("1"),
+        ]),
+        0,
+    );
     let dense = tmp.path().join("dense");
     crate::common::copy_dir(&gqa, &dense);
     let before = entries(tmp.path());
     for (src, needle) in [(&out, "already a PESC llama model"), (&mixtral, "already a Mixtral model")] {
         assert_rejects(&craft(src, &tmp.path().join("x"), &[]), &[needle]);
-        let o = run([Path::new("upcycle"), src.as_path(), Path::new("-o"), &tmp.path().join("y"), Path::new("--experts"), Path::new("2"), Path::new("--top-k"), Path::new("1")]);
+        let o = run([
+            Path::new("upcycle"),
+            src.as_path(),
+            Path::new("-o"),
+            &tmp.path().join("y"),
+            Path::new("--experts"),
+            Path::new("2"),
+            Path::new("--top-k"),
+            Path::new("1"),
+        ]);
         assert_rejects(&o, &[needle]);
     }
-    let o = run([Path::new("upcycle"), &fixture("qwen2-bias"), Path::new("-o"), &tmp.path().join("q"), Path::new("--experts"), Path::new("2"), Path::new("--top-k"), Path::new("1")]);
+    let o = run([
+        Path::new("upcycle"),
+        &fixture("qwen2-bias"),
+        Path::new("-o"),
+        &tmp.path().join("q"),
+        Path::new("--experts"),
+        Path::new("2"),
+        Path::new("--top-k"),
+        Path::new("1"),
+    ]);
     assert_rejects(&o, &["biases", "use `craft`"]);
     assert_rejects(&craft(&dense, &dense.join("inner"), &[]), &["is the input"]);
     assert_rejects(&craft(&dense, &dense, &["--force"]), &["is the input"]);

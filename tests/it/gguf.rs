@@ -46,7 +46,8 @@ fn imported(dir: &Path, quant: &str, flags: &[&str]) -> PathBuf {
 /// `name -> (dtype, shape, values as f32)` of one safetensors file.
 fn tensors_of(path: &Path) -> Vec<(String, DType, Vec<u64>, Vec<f32>)> {
     let f = SafetensorsFile::open(path).unwrap();
-    let mut v: Vec<_> = f.tensors().iter().map(|t| (t.name.clone(), t.dtype, t.shape.clone(), to_f32(t.dtype, &f.read(t).unwrap()).unwrap())).collect();
+    let mut v: Vec<_> =
+        f.tensors().iter().map(|t| (t.name.clone(), t.dtype, t.shape.clone(), to_f32(t.dtype, &f.read(t).unwrap()).unwrap())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -143,7 +144,10 @@ fn imported_tokenizer_and_chat_template_match_the_reference() {
         assert_eq!(text.encode(&prompt).unwrap(), ids(&r["prompt_ids"]), "{quant}");
         assert_eq!(text.eos_ids(), [2], "{quant}");
         let tc = json(&out.join("tokenizer_config.json"));
-        assert_eq!(tc["chat_template"].as_str(), Some(std::fs::read_to_string(fixture("llama-chat").join("chat_template.jinja")).unwrap().as_str()));
+        assert_eq!(
+            tc["chat_template"].as_str(),
+            Some(std::fs::read_to_string(fixture("llama-chat").join("chat_template.jinja")).unwrap().as_str())
+        );
         assert_eq!(tc["add_bos_token"], false);
     }
 }
@@ -322,7 +326,11 @@ fn the_unmodified_rebuild_imports() {
 
 #[test]
 fn import_rejects_another_architecture() {
-    import_rejects("gpt2-arch.gguf", &Parts::of_fixture().set("general.architecture", "gpt2").bytes(), &["architecture `gpt2`", "not supported"]);
+    import_rejects(
+        "gpt2-arch.gguf",
+        &Parts::of_fixture().set("general.architecture", "gpt2").bytes(),
+        &["architecture `gpt2`", "not supported"],
+    );
 }
 
 #[test]
@@ -340,12 +348,20 @@ fn import_rejects_an_unknown_tensor() {
 
 #[test]
 fn import_rejects_a_missing_hyperparameter() {
-    import_rejects("no-embedding-length.gguf", &Parts::of_fixture().remove("llama.embedding_length").bytes(), &["llama.embedding_length", "missing"]);
+    import_rejects(
+        "no-embedding-length.gguf",
+        &Parts::of_fixture().remove("llama.embedding_length").bytes(),
+        &["llama.embedding_length", "missing"],
+    );
 }
 
 #[test]
 fn import_rejects_a_sentencepiece_vocabulary() {
-    import_rejects("spm.gguf", &Parts::of_fixture().set("tokenizer.ggml.model", "llama").bytes(), &["tokenizer.ggml.model", "`llama`", "not supported"]);
+    import_rejects(
+        "spm.gguf",
+        &Parts::of_fixture().set("tokenizer.ggml.model", "llama").bytes(),
+        &["tokenizer.ggml.model", "`llama`", "not supported"],
+    );
 }
 
 #[test]
@@ -362,7 +378,11 @@ fn import_rejects_safetensors_named_gguf() {
 
 #[test]
 fn import_rejects_an_unknown_pre_tokenizer() {
-    import_rejects("tekken.gguf", &Parts::of_fixture().set("tokenizer.ggml.pre", "tekken").bytes(), &["tokenizer.ggml.pre", "`tekken`", "not supported"]);
+    import_rejects(
+        "tekken.gguf",
+        &Parts::of_fixture().set("tokenizer.ggml.pre", "tekken").bytes(),
+        &["tokenizer.ggml.pre", "`tekken`", "not supported"],
+    );
 }
 
 #[test]

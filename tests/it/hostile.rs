@@ -291,7 +291,10 @@ fn unknown_field_in_entry() {
 #[test]
 fn rank_above_eight() {
     let shape = format!("[{}]", ["1"; 9].join(","));
-    rejects_st(&st(&one(&entry("F32", &shape, 0, 4)), &[0; 4]), &["tensor `layer.w`", "field `shape`", "9 dimensions, above the limit of 8"]);
+    rejects_st(
+        &st(&one(&entry("F32", &shape, 0, 4)), &[0; 4]),
+        &["tensor `layer.w`", "field `shape`", "9 dimensions, above the limit of 8"],
+    );
 }
 
 #[test]
@@ -397,7 +400,10 @@ fn git_lfs_pointer() {
 
 #[test]
 fn pickle_renamed_safetensors() {
-    rejects_st(b"\x80\x02\x8a\x0alZ\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02}q\x00", &["PyTorch pickle (pickle protocol 2)", "refusing to open it"]);
+    rejects_st(
+        b"\x80\x02\x8a\x0alZ\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02}q\x00",
+        &["PyTorch pickle (pickle protocol 2)", "refusing to open it"],
+    );
 }
 
 #[test]
@@ -410,7 +416,12 @@ fn folder_with_only_pytorch_model_bin() {
     let m = Model::copy_of("llama-gqa");
     std::fs::remove_file(m.path("model.safetensors")).unwrap();
     write(&m.dir, "pytorch_model.bin", b"\x80\x02}q\x00.");
-    m.rejects(&["model", "pickled PyTorch weights (`pytorch_model.bin`)", "this tool never unpickles", "hint: convert them to safetensors"]);
+    m.rejects(&[
+        "model",
+        "pickled PyTorch weights (`pytorch_model.bin`)",
+        "this tool never unpickles",
+        "hint: convert them to safetensors",
+    ]);
 }
 
 /// Weights are diagnosed before the config: a pickle-only download without

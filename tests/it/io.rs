@@ -120,7 +120,10 @@ fn outputs_are_byte_reproducible() {
     let a = tmp.path().join("a");
     let b = tmp.path().join("sub-b");
     for out in [&a, &b] {
-        assert_code(&run([Path::new("reshard"), &fixture("llama-sharded"), Path::new("-o"), out, Path::new("--shard-size"), Path::new("100KB")]), 0);
+        assert_code(
+            &run([Path::new("reshard"), &fixture("llama-sharded"), Path::new("-o"), out, Path::new("--shard-size"), Path::new("100KB")]),
+            0,
+        );
     }
     let files = entries(&a);
     assert_eq!(files, entries(&b));
@@ -183,10 +186,20 @@ fn verify_manifest_detects_every_kind_of_change() {
         1,
         "`model.safetensors` has SHA-256",
     );
-    case("missing", &|d| std::fs::remove_file(d.join("generation_config.json")).unwrap(), 1, "`generation_config.json` is listed in the manifest but missing");
+    case(
+        "missing",
+        &|d| std::fs::remove_file(d.join("generation_config.json")).unwrap(),
+        1,
+        "`generation_config.json` is listed in the manifest but missing",
+    );
     case("extra", &|d| std::fs::write(d.join("notes.txt"), "x").unwrap(), 1, "`notes.txt` is in the folder but not in the manifest");
     case("sums", &|d| std::fs::write(d.join("SHA256SUMS"), format!("{}  config.json\n", "0".repeat(64))).unwrap(), 1, "`SHA256SUMS` says");
-    case("garbled", &|d| std::fs::write(d.join("pesc-manifest.json"), "{\"format_version\": 1, \"files\": 3}").unwrap(), 2, "`files` is missing or not an array");
+    case(
+        "garbled",
+        &|d| std::fs::write(d.join("pesc-manifest.json"), "{\"format_version\": 1, \"files\": 3}").unwrap(),
+        2,
+        "`files` is missing or not an array",
+    );
 }
 
 #[test]
@@ -229,7 +242,8 @@ fn big_model(dir: &Path) {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let cfg = pesc_arch::ModelConfig::parse(&dir.join("config.json"), config.to_string().as_bytes()).unwrap();
     let tensors: Vec<(String, Vec<u64>)> = cfg.expected_tensors().unwrap();
-    let data: Vec<Vec<u8>> = tensors.iter().map(|(_, s)| vec![0x3c; usize::try_from(pesc_tensor::numel(s).unwrap() * 2).unwrap()]).collect();
+    let data: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, s)| vec![0x3c; usize::try_from(pesc_tensor::numel(s).unwrap() * 2).unwrap()]).collect();
     let list: Vec<(&str, pesc_tensor::DType, &[u64], &[u8])> =
         tensors.iter().zip(&data).map(|((n, s), d)| (n.as_str(), pesc_tensor::DType::BF16, s.as_slice(), d.as_slice())).collect();
     let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("model.safetensors")).unwrap());

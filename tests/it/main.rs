@@ -1,9 +1,9 @@
 //! Integration tests: one binary (see Cargo.toml `[[test]]`), one module per area.
 
 mod common;
-mod hostile;
 mod craft;
 mod gguf;
+mod hostile;
 mod io;
 mod merge;
 mod nf4;

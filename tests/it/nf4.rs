@@ -14,14 +14,8 @@ const Q: &str = "model.layers.0.self_attn.q_proj.weight";
 const DOWN: &str = "model.layers.1.mlp.down_proj.weight";
 
 fn quantize(src: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<&OsStr> = vec![
-        OsStr::new("quantize"),
-        src.as_os_str(),
-        OsStr::new("--to"),
-        OsStr::new("nf4"),
-        OsStr::new("-o"),
-        out.as_os_str(),
-    ];
+    let mut args: Vec<&OsStr> =
+        vec![OsStr::new("quantize"), src.as_os_str(), OsStr::new("--to"), OsStr::new("nf4"), OsStr::new("-o"), out.as_os_str()];
     args.extend(extra.iter().map(OsStr::new));
     run(args)
 }
@@ -106,14 +100,8 @@ fn nf4_output_is_byte_reproducible_and_inspect_names_it() {
     );
     // the runner reads it
     let logits = tmp.path().join("l.safetensors");
-    let o = run([
-        OsStr::new("logits"),
-        a.as_os_str(),
-        OsStr::new("--token-ids"),
-        OsStr::new("1,5,17"),
-        OsStr::new("-o"),
-        logits.as_os_str(),
-    ]);
+    let o =
+        run([OsStr::new("logits"), a.as_os_str(), OsStr::new("--token-ids"), OsStr::new("1,5,17"), OsStr::new("-o"), logits.as_os_str()]);
     assert_code(&o, 0);
 }
 
@@ -141,11 +129,7 @@ fn pesc_routers_and_adapters_stay_16_bit_and_mixtral_experts_stay_float() {
     check_against_source(&src, &q, Nf4Options::default(), 14);
     let adapters = q.weights.tensors().filter(|t| t.name.contains(".moe_adapter.")).count();
     assert_eq!(adapters, 2 * (1 + 2 * 4));
-    assert!(q
-        .weights
-        .tensors()
-        .filter(|t| t.name.contains(".moe_adapter."))
-        .all(|t| t.dtype == pesc_tensor::DType::BF16));
+    assert!(q.weights.tensors().filter(|t| t.name.contains(".moe_adapter.")).all(|t| t.dtype == pesc_tensor::DType::BF16));
     assert_eq!(q.quantization.clone().unwrap().compute_dtype, "bfloat16");
 
     let up = tmp.path().join("up");
@@ -297,14 +281,8 @@ impl Nf4Folder {
         assert_rejects(&run([OsStr::new("inspect"), self.dir.as_os_str()]), needles);
         let parent = self.dir.parent().unwrap();
         let out = parent.join("out.gguf");
-        let o = run([
-            OsStr::new("quantize"),
-            self.dir.as_os_str(),
-            OsStr::new("--to"),
-            OsStr::new("q8_0"),
-            OsStr::new("-o"),
-            out.as_os_str(),
-        ]);
+        let o =
+            run([OsStr::new("quantize"), self.dir.as_os_str(), OsStr::new("--to"), OsStr::new("q8_0"), OsStr::new("-o"), out.as_os_str()]);
         assert_rejects(&o, needles);
         assert_eq!(entries(parent), vec!["model".to_owned()]);
     }
@@ -345,21 +323,12 @@ fn hostile_quant_state_malformed_json() {
 
 #[test]
 fn hostile_quant_state_missing() {
-    Nf4Folder::new(&[]).edit(|t| t.retain(|x| x.name != format!("{Q}.{QUANT_STATE}"))).rejects(&[
-        Q,
-        "quant_state",
-        "is missing",
-    ]);
+    Nf4Folder::new(&[]).edit(|t| t.retain(|x| x.name != format!("{Q}.{QUANT_STATE}"))).rejects(&[Q, "quant_state", "is missing"]);
 }
 
 #[test]
 fn hostile_quant_state_shape_mismatch() {
-    Nf4Folder::new(&[]).edit_state(Q, |s| s["shape"] = json!([64, 32])).rejects(&[
-        Q,
-        "quant_state.shape",
-        "[64, 32]",
-        "[64, 64]",
-    ]);
+    Nf4Folder::new(&[]).edit_state(Q, |s| s["shape"] = json!([64, 32])).rejects(&[Q, "quant_state.shape", "[64, 32]", "[64, 64]"]);
 }
 
 #[test]
@@ -376,16 +345,8 @@ fn hostile_quant_state_unknown_key_and_bad_dtype() {
 
 #[test]
 fn hostile_nested_pieces_missing_while_double_quant_claimed() {
-    Nf4Folder::new(&[]).edit(|t| t.retain(|x| x.name != format!("{Q}.nested_absmax"))).rejects(&[
-        Q,
-        "nested_absmax",
-        "is missing",
-    ]);
-    Nf4Folder::new(&[]).edit_state(Q, |s| _ = s.remove("nested_offset")).rejects(&[
-        Q,
-        "quant_state.nested_offset",
-        "is missing",
-    ]);
+    Nf4Folder::new(&[]).edit(|t| t.retain(|x| x.name != format!("{Q}.nested_absmax"))).rejects(&[Q, "nested_absmax", "is missing"]);
+    Nf4Folder::new(&[]).edit_state(Q, |s| _ = s.remove("nested_offset")).rejects(&[Q, "quant_state.nested_offset", "is missing"]);
 }
 
 #[test]
@@ -397,11 +358,7 @@ fn hostile_double_quant_disagrees_with_config() {
 
 #[test]
 fn hostile_quant_map_is_not_the_codebook() {
-    Nf4Folder::new(&[]).edit(|t| Nf4Folder::tensor(t, &format!("{Q}.quant_map")).data[0] ^= 1).rejects(&[
-        Q,
-        "quant_map",
-        "codebook",
-    ]);
+    Nf4Folder::new(&[]).edit(|t| Nf4Folder::tensor(t, &format!("{Q}.quant_map")).data[0] ^= 1).rejects(&[Q, "quant_map", "codebook"]);
 }
 
 #[test]
@@ -412,9 +369,7 @@ fn hostile_quantization_config() {
     Nf4Folder::new(&[])
         .edit_config(|c| c["quantization_config"]["bnb_4bit_quant_type"] = json!("fp4"))
         .rejects(&["bnb_4bit_quant_type", "fp4"]);
-    Nf4Folder::new(&[])
-        .edit_config(|c| _ = c.remove("quantization_config"))
-        .rejects(&["down_proj.weight", "no quantization_config"]);
+    Nf4Folder::new(&[]).edit_config(|c| _ = c.remove("quantization_config")).rejects(&["down_proj.weight", "no quantization_config"]);
 }
 
 #[test]
@@ -425,14 +380,7 @@ fn hostile_nan_in_nested_absmax_is_refused_when_read() {
     let e = m.read_f32(Q).unwrap_err().to_string();
     assert!(e.contains(Q) && e.contains("nested_absmax") && e.contains("NaN"), "{e}");
     let out = f.dir.parent().unwrap().join("l.safetensors");
-    let o = run([
-        OsStr::new("logits"),
-        f.dir.as_os_str(),
-        OsStr::new("--token-ids"),
-        OsStr::new("1"),
-        OsStr::new("-o"),
-        out.as_os_str(),
-    ]);
+    let o = run([OsStr::new("logits"), f.dir.as_os_str(), OsStr::new("--token-ids"), OsStr::new("1"), OsStr::new("-o"), out.as_os_str()]);
     assert_rejects(&o, &[Q, "nested_absmax"]);
     assert!(!out.exists());
 }

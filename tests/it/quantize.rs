@@ -21,10 +21,12 @@ use std::process::Output;
 
 const TYPES: [&str; 9] = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "q4_k_m"];
 /// Dense fixtures quantize accepts: (name, tied embeddings, layers).
-const DENSE: [(&str, bool, u64); 5] = [("llama-chat", true, 2), ("llama-gqa", false, 2), ("llama-tied", true, 2), ("mistral", false, 2), ("llama-sharded", false, 3)];
+const DENSE: [(&str, bool, u64); 5] =
+    [("llama-chat", true, 2), ("llama-gqa", false, 2), ("llama-tied", true, 2), ("mistral", false, 2), ("llama-sharded", false, 3)];
 
 fn quantize(model: &Path, to: &str, out: &Path, flags: &[&str]) -> Output {
-    let mut args: Vec<&std::ffi::OsStr> = vec!["quantize".as_ref(), model.as_os_str(), "--to".as_ref(), to.as_ref(), "-o".as_ref(), out.as_os_str()];
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["quantize".as_ref(), model.as_os_str(), "--to".as_ref(), to.as_ref(), "-o".as_ref(), out.as_os_str()];
     args.extend(flags.iter().map(|f| std::ffi::OsStr::new(*f)));
     run(args)
 }
@@ -203,7 +205,11 @@ fn every_type_has_the_recipes_tensor_types_and_bytes() {
                     assert_eq!(t.ty, want, "{name} --to {to} pure={pure}: {}", t.name);
                     let (shape, _) = &orig[&hf_name(&t.name)];
                     assert_eq!(t.shape(), *shape, "{name} {to}: {}", t.name);
-                    assert!(g.read(t).unwrap() == want_bytes(&orig, &config, &t.name, t.ty), "{name} {to}: {} bytes differ from pesc_quant", t.name);
+                    assert!(
+                        g.read(t).unwrap() == want_bytes(&orig, &config, &t.name, t.ty),
+                        "{name} {to}: {} bytes differ from pesc_quant",
+                        t.name
+                    );
                 }
             }
         }
@@ -277,10 +283,20 @@ fn metadata_follows_the_converters_order_and_types() {
     assert_eq!(&types[..4], [3, 3, 3, 1], "the three added special tokens are control tokens");
     assert!(types[3..].iter().all(|&t| t == 1));
     let merges = md.get_str_array("tokenizer.ggml.merges").unwrap();
-    let want: Vec<String> = tj["model"]["merges"].as_array().unwrap().iter().map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap())).collect();
+    let want: Vec<String> = tj["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))
+        .collect();
     assert_eq!(merges.iter().collect::<Vec<_>>(), want);
     assert_eq!(
-        [u("tokenizer.ggml.bos_token_id"), u("tokenizer.ggml.eos_token_id"), u("tokenizer.ggml.unknown_token_id"), u("tokenizer.ggml.padding_token_id")],
+        [
+            u("tokenizer.ggml.bos_token_id"),
+            u("tokenizer.ggml.eos_token_id"),
+            u("tokenizer.ggml.unknown_token_id"),
+            u("tokenizer.ggml.padding_token_id")
+        ],
         [1, 2, 0, 2]
     );
     let template = std::fs::read_to_string(fixture("llama-chat").join("chat_template.jinja")).unwrap();
@@ -297,7 +313,9 @@ fn linear_rope_scaling_and_missing_vocabulary_are_written_as_llama_cpp_reads_the
     assert_eq!(md.get_f32("llama.rope.scaling.factor").unwrap(), 2.0);
     let keys: Vec<&str> = md.iter().map(|(k, _)| k).collect();
     let at = |k: &str| keys.iter().position(|x| *x == k).unwrap();
-    assert!(at("llama.attention.head_count_kv") < at("llama.rope.scaling.type") && at("llama.rope.scaling.factor") < at("llama.rope.freq_base"));
+    assert!(
+        at("llama.attention.head_count_kv") < at("llama.rope.scaling.type") && at("llama.rope.scaling.factor") < at("llama.rope.freq_base")
+    );
     // No tokenizer files: `none`, which llama.cpp loads with vocab_size placeholder tokens.
     assert_eq!(md.get_str("tokenizer.ggml.model").unwrap(), "none");
     assert!(keys.iter().filter(|k| k.starts_with("tokenizer.")).count() == 1, "{keys:?}");
@@ -326,7 +344,8 @@ fn k_quant_model(dir: &Path, tied: bool) -> PathBuf {
     let mut add = |name: String, shape: Vec<u64>, norm: bool| {
         let n: u64 = shape.iter().product();
         #[allow(clippy::cast_possible_truncation)]
-        let values: Vec<f32> = (0..n).map(|_| if norm { 1.0 + 0.1 * rng.next_f64() as f32 } else { (rng.next_f64() as f32 - 0.5) * 0.2 }).collect();
+        let values: Vec<f32> =
+            (0..n).map(|_| if norm { 1.0 + 0.1 * rng.next_f64() as f32 } else { (rng.next_f64() as f32 - 0.5) * 0.2 }).collect();
         tensors.push((name, shape, pesc_tensor::from_f32(DType::BF16, &values).unwrap()));
     };
     add("model.embed_tokens.weight".into(), vec![vocab, hidden], false);
@@ -346,7 +365,8 @@ fn k_quant_model(dir: &Path, tied: bool) -> PathBuf {
         add(format!("{p}mlp.up_proj.weight"), vec![ffn, hidden], false);
         add(format!("{p}mlp.down_proj.weight"), vec![hidden, ffn], false);
     }
-    let refs: Vec<(&str, DType, &[u64], &[u8])> = tensors.iter().map(|(n, s, b)| (n.as_str(), DType::BF16, s.as_slice(), b.as_slice())).collect();
+    let refs: Vec<(&str, DType, &[u64], &[u8])> =
+        tensors.iter().map(|(n, s, b)| (n.as_str(), DType::BF16, s.as_slice(), b.as_slice())).collect();
     let mut bytes = Vec::new();
     pesc_io::safetensors::write_all(&mut bytes, &refs, &BTreeMap::new()).unwrap();
     std::fs::write(model.join("model.safetensors"), bytes).unwrap();
@@ -362,7 +382,11 @@ fn k_quant_recipes_on_256_wide_rows() {
         let orig = originals(&model);
         let config = config_json(&model);
         // 8 layers: use_more_bits picks 0, 3, 6, 7; Q4_K_S's attn_v rule the first 4, its ffn_down rule layer 0.
-        let runs: &[(&str, bool)] = if tied { &[("q4_k_m", false)] } else { &[("q4_k_m", false), ("q4_k", false), ("q6_k", false), ("q4_0", false), ("q4_k", true)] };
+        let runs: &[(&str, bool)] = if tied {
+            &[("q4_k_m", false)]
+        } else {
+            &[("q4_k_m", false), ("q4_k", false), ("q6_k", false), ("q4_0", false), ("q4_k", true)]
+        };
         for &(to, pure) in runs {
             let flags: &[&str] = if pure { &["--pure"] } else { &[] };
             let g = GgufFile::open(quantized(tmp.path(), &model, to, flags)).unwrap();
@@ -396,7 +420,11 @@ fn k_quant_recipes_on_256_wide_rows() {
                 assert_eq!(t.ty, want, "--to {to} pure={pure} tied={tied}: {}", t.name);
                 // The bytes once per type (pesc_quant is slow unoptimized).
                 if to == "q4_k_m" || t.name.starts_with("blk.0.") {
-                    assert!(g.read(t).unwrap() == want_bytes(&orig, &config, &t.name, t.ty), "{to}: {} bytes differ from pesc_quant", t.name);
+                    assert!(
+                        g.read(t).unwrap() == want_bytes(&orig, &config, &t.name, t.ty),
+                        "{to}: {} bytes differ from pesc_quant",
+                        t.name
+                    );
                 }
             }
         }
@@ -462,7 +490,16 @@ fn f32_export_imports_back_exactly_and_q8_0_as_its_dequantization() {
             assert!(got.iter().map(|x| x.to_bits()).eq(want.iter().map(|x| x.to_bits())), "{to}: {} differs after export + import", t.name);
         }
         let config = config_json(&out);
-        for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings"] {
+        for key in [
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "vocab_size",
+            "tie_word_embeddings",
+        ] {
             assert_eq!(config[key], config_json(&model)[key], "{to}: config key {key}");
         }
     }
@@ -503,7 +540,10 @@ fn exports_without_a_vocabulary_hold_the_original_weights() {
             };
             assert!(values == orig[&hf_name(&t.name)].1, "{name}: {}", t.name);
         }
-        assert_eq!(g.tensors().len(), orig.keys().filter(|k| !(k.as_str() == "lm_head.weight" && config["tie_word_embeddings"] == true)).count());
+        assert_eq!(
+            g.tensors().len(),
+            orig.keys().filter(|k| !(k.as_str() == "lm_head.weight" && config["tie_word_embeddings"] == true)).count()
+        );
     }
 }
 
@@ -576,7 +616,21 @@ fn existing_output_needs_force_and_bad_input_leaves_nothing() {
 
     // A PESC model on a qwen2 base: no GGUF layout for it.
     let pesc_qwen = tmp.path().join("pesc-qwen2");
-    assert_code(&run(["craft", fixture("qwen2-bias").to_str().unwrap(), "-o", pesc_qwen.to_str().unwrap(), "--experts", "2", "--top-k", "1", "--adapter-dim", "4"]), 0);
+    assert_code(
+        &run([
+            "craft",
+            fixture("qwen2-bias").to_str().unwrap(),
+            "-o",
+            pesc_qwen.to_str().unwrap(),
+            "--experts",
+            "2",
+            "--top-k",
+            "1",
+            "--adapter-dim",
+            "4",
+        ]),
+        0,
+    );
     assert_rejects(&quantize(&pesc_qwen, "q8_0", &fresh, &[]), &["PESC model on a qwen2 base", "not implemented yet"]);
 
     // An unsupported tokenizer is named, before any output exists.
@@ -620,7 +674,10 @@ fn tokenizer_flags_come_from_the_post_processor_and_tokenizer_config() {
     assert!(!md.get_bool("tokenizer.ggml.add_space_prefix").unwrap());
     assert_eq!(md.get_str("tokenizer.chat_template").unwrap(), "{{ messages[0]['content'] }}", "tokenizer_config.json's template wins");
     let keys: Vec<&str> = md.iter().map(|(k, _)| k).collect();
-    assert_eq!(keys.iter().position(|k| *k == "tokenizer.ggml.add_space_prefix"), keys.iter().position(|k| *k == "tokenizer.ggml.model").map(|p| p - 1));
+    assert_eq!(
+        keys.iter().position(|k| *k == "tokenizer.ggml.add_space_prefix"),
+        keys.iter().position(|k| *k == "tokenizer.ggml.model").map(|p| p - 1)
+    );
     assert!(matches!(md.get("tokenizer.ggml.bos_token_id"), Some(Value::U32(1))));
 }
 
@@ -630,12 +687,20 @@ fn a_model_without_tokenizer_round_trips_through_gguf() {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = tmp.path().join("gqa.gguf");
     let back = tmp.path().join("back");
-    let o = crate::common::run([std::path::Path::new("quantize"), &crate::common::fixture("llama-gqa"), std::path::Path::new("--to"), std::path::Path::new("f32"), std::path::Path::new("-o"), &gguf]);
+    let o = crate::common::run([
+        std::path::Path::new("quantize"),
+        &crate::common::fixture("llama-gqa"),
+        std::path::Path::new("--to"),
+        std::path::Path::new("f32"),
+        std::path::Path::new("-o"),
+        &gguf,
+    ]);
     crate::common::assert_code(&o, 0);
     let o = crate::common::run([std::path::Path::new("import-gguf"), &gguf, std::path::Path::new("-o"), &back]);
     crate::common::assert_code(&o, 0);
     assert!(!back.join("tokenizer.json").exists());
-    let (a, b) = (pesc_io::Checkpoint::open_dir(&crate::common::fixture("llama-gqa")).unwrap(), pesc_io::Checkpoint::open_dir(&back).unwrap());
+    let (a, b) =
+        (pesc_io::Checkpoint::open_dir(&crate::common::fixture("llama-gqa")).unwrap(), pesc_io::Checkpoint::open_dir(&back).unwrap());
     for t in a.tensors() {
         assert_eq!(a.read(&t.name).unwrap(), b.read(&t.name).unwrap(), "{}", t.name);
     }
@@ -646,7 +711,9 @@ fn moe_model(dir: &Path, kind: &str) -> PathBuf {
     let out = dir.join(kind);
     let base = fixture("llama-chat");
     let args: Vec<&str> = match kind {
-        "pesc" => vec!["craft", base.to_str().unwrap(), "-o", out.to_str().unwrap(), "--experts", "4", "--top-k", "2", "--adapter-dim", "8"],
+        "pesc" => {
+            vec!["craft", base.to_str().unwrap(), "-o", out.to_str().unwrap(), "--experts", "4", "--top-k", "2", "--adapter-dim", "8"]
+        }
         _ => vec!["upcycle", base.to_str().unwrap(), "-o", out.to_str().unwrap(), "--experts", "8", "--top-k", "2"],
     };
     assert_code(&run(args), 0);
@@ -702,7 +769,11 @@ fn moe_exports_stack_the_experts_and_import_back_exactly() {
             }
             let config = config_json(&out);
             let want = config_json(&model);
-            let keys: &[&str] = if kind == "pesc" { &["model_type", "num_experts", "topk", "adapter_dim", "moe_scaling"] } else { &["model_type", "num_local_experts", "num_experts_per_tok"] };
+            let keys: &[&str] = if kind == "pesc" {
+                &["model_type", "num_experts", "topk", "adapter_dim", "moe_scaling"]
+            } else {
+                &["model_type", "num_local_experts", "num_experts_per_tok"]
+            };
             for key in keys {
                 assert_eq!(config[*key], want[*key], "{kind} {to}: config key {key}");
             }
@@ -714,7 +785,9 @@ fn moe_exports_stack_the_experts_and_import_back_exactly() {
 fn eight_expert_mixtral_gets_llama_quantizes_moe_rules() {
     let tmp = tempfile::tempdir().unwrap();
     let model = moe_model(tmp.path(), "mixtral");
-    for (to, k, v, o) in [("q4_0", GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q4_0), ("q4_k_m", GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q5_1)] {
+    for (to, k, v, o) in
+        [("q4_0", GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q4_0), ("q4_k_m", GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q5_1)]
+    {
         let g = GgufFile::open(quantized(tmp.path(), &model, to, &[])).unwrap();
         let ty = |name: &str| g.tensor(name).unwrap().ty;
         for l in 0..2 {

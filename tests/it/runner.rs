@@ -74,7 +74,18 @@ fn bf16_compute_stays_close_to_f32() {
 }
 
 fn craft(dense: &Path, out: &Path) {
-    let o = run([Path::new("craft"), dense, Path::new("-o"), out, Path::new("--experts"), Path::new("4"), Path::new("--top-k"), Path::new("2"), Path::new("--adapter-dim"), Path::new("8")]);
+    let o = run([
+        Path::new("craft"),
+        dense,
+        Path::new("-o"),
+        out,
+        Path::new("--experts"),
+        Path::new("4"),
+        Path::new("--top-k"),
+        Path::new("2"),
+        Path::new("--adapter-dim"),
+        Path::new("8"),
+    ]);
     assert_code(&o, 0);
 }
 
@@ -116,7 +127,11 @@ fn a_fresh_craft_verifies_exactly_and_any_adapter_breaks_it() {
         let out = tmp.path().join(name);
         craft(&fixture(name), &out);
         let r = verify_json(&out, &fixture(name), 0);
-        assert_eq!((r["max_abs_diff"].as_f64(), r["exact"].as_bool(), r["exact_required"].as_bool()), (Some(0.0), Some(true), Some(true)), "{name}");
+        assert_eq!(
+            (r["max_abs_diff"].as_f64(), r["exact"].as_bool(), r["exact_required"].as_bool()),
+            (Some(0.0), Some(true), Some(true)),
+            "{name}"
+        );
         assert_eq!(r["tokens_compared"], 96);
         let load = r["expert_load"].as_array().unwrap();
         assert!(!load.is_empty());
@@ -144,7 +159,16 @@ fn a_fresh_craft_verifies_exactly_and_any_adapter_breaks_it() {
 fn the_upcycled_model_verifies_within_tolerance() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mixtral");
-    let o = run([Path::new("upcycle"), &fixture("mistral"), Path::new("-o"), &out, Path::new("--experts"), Path::new("4"), Path::new("--top-k"), Path::new("2")]);
+    let o = run([
+        Path::new("upcycle"),
+        &fixture("mistral"),
+        Path::new("-o"),
+        &out,
+        Path::new("--experts"),
+        Path::new("4"),
+        Path::new("--top-k"),
+        Path::new("2"),
+    ]);
     assert_code(&o, 0);
     let r = verify_json(&out, &fixture("mistral"), 0);
     assert!(r["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{r}");
@@ -158,10 +182,24 @@ fn the_upcycled_model_verifies_within_tolerance() {
 #[test]
 fn verify_and_logits_reject_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = run([Path::new("logits"), &fixture("llama-gqa"), Path::new("--token-ids"), Path::new("1,320"), Path::new("-o"), &tmp.path().join("x.safetensors")]);
+    let o = run([
+        Path::new("logits"),
+        &fixture("llama-gqa"),
+        Path::new("--token-ids"),
+        Path::new("1,320"),
+        Path::new("-o"),
+        &tmp.path().join("x.safetensors"),
+    ]);
     assert_rejects(&o, &["token id 320 is outside the vocabulary (size 320)"]);
     assert!(!tmp.path().join("x.safetensors").exists());
-    let o = run([Path::new("logits"), &fixture("llama-gqa"), Path::new("--token-ids"), Path::new("1,,2"), Path::new("-o"), &tmp.path().join("x.safetensors")]);
+    let o = run([
+        Path::new("logits"),
+        &fixture("llama-gqa"),
+        Path::new("--token-ids"),
+        Path::new("1,,2"),
+        Path::new("-o"),
+        &tmp.path().join("x.safetensors"),
+    ]);
     assert_code(&o, 2);
     // A vocabulary of another size cannot be compared.
     let other = tmp.path().join("other");
@@ -170,7 +208,14 @@ fn verify_and_logits_reject_bad_input() {
     std::fs::write(other.join("config.json"), cfg).unwrap();
     let o = run([Path::new("verify"), &fixture("llama-gqa"), Path::new("--against"), &other]);
     assert_code(&o, 2);
-    let o = run([Path::new("verify"), &fixture("llama-gqa"), Path::new("--against"), &fixture("qwen2-bias"), Path::new("--token-ids"), Path::new("1,400")]);
+    let o = run([
+        Path::new("verify"),
+        &fixture("llama-gqa"),
+        Path::new("--against"),
+        &fixture("qwen2-bias"),
+        Path::new("--token-ids"),
+        Path::new("1,400"),
+    ]);
     assert_rejects(&o, &["token id 400 is outside the vocabulary"]);
     // Checksums are checked first: a tampered crafted folder fails with exit 1.
     let crafted = tmp.path().join("crafted");
@@ -201,13 +246,29 @@ fn f32_gguf_files_run_bit_for_bit_like_their_folders() {
     let adapted = tmp.path().join("adapted");
     with_adapters(&pesc, &adapted, "model.layers.", false, 0.05);
     let mixtral = tmp.path().join("mixtral");
-    assert_code(&run([Path::new("upcycle"), &fixture("mistral"), Path::new("-o"), &mixtral, Path::new("--experts"), Path::new("4"), Path::new("--top-k"), Path::new("2")]), 0);
+    assert_code(
+        &run([
+            Path::new("upcycle"),
+            &fixture("mistral"),
+            Path::new("-o"),
+            &mixtral,
+            Path::new("--experts"),
+            Path::new("4"),
+            Path::new("--top-k"),
+            Path::new("2"),
+        ]),
+        0,
+    );
     let (ids, _) = reference("llama-gqa");
     for model in [fixture("llama-gqa"), fixture("llama-chat"), adapted, mixtral] {
         let gguf = tmp.path().join(format!("{}.gguf", model.file_name().unwrap().to_string_lossy()));
         quantize_to(&model, "f32", &gguf);
         let (a, b) = (logits_of(&model, &ids), logits_of(&gguf, &ids));
-        assert!(a.iter().flatten().map(|x| x.to_bits()).eq(b.iter().flatten().map(|x| x.to_bits())), "{}: GGUF logits differ", model.display());
+        assert!(
+            a.iter().flatten().map(|x| x.to_bits()).eq(b.iter().flatten().map(|x| x.to_bits())),
+            "{}: GGUF logits differ",
+            model.display()
+        );
     }
 }
 

@@ -46,12 +46,30 @@ fn greedy_generation_matches_transformers() {
 #[test]
 fn run_streams_the_answer() {
     let r = reference();
-    let o = run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("What is 12 + 30?"), Path::new("--max-new-tokens"), Path::new("12")]);
+    let o = run([
+        Path::new("run"),
+        &fixture("llama-chat"),
+        Path::new("--prompt"),
+        Path::new("What is 12 + 30?"),
+        Path::new("--max-new-tokens"),
+        Path::new("12"),
+    ]);
     assert_code(&o, 0);
     assert_eq!(stdout(&o), format!("{}\n", r["generated_text"].as_str().unwrap()));
     // Seeded sampling repeats.
     let sample = |seed: &str| {
-        let o = run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("hi"), Path::new("--temperature"), Path::new("1.0"), Path::new("--seed"), Path::new(seed), Path::new("--max-new-tokens"), Path::new("16")]);
+        let o = run([
+            Path::new("run"),
+            &fixture("llama-chat"),
+            Path::new("--prompt"),
+            Path::new("hi"),
+            Path::new("--temperature"),
+            Path::new("1.0"),
+            Path::new("--seed"),
+            Path::new(seed),
+            Path::new("--max-new-tokens"),
+            Path::new("16"),
+        ]);
         assert_code(&o, 0);
         stdout(&o)
     };
@@ -61,15 +79,32 @@ fn run_streams_the_answer() {
 #[test]
 fn run_rejects_bad_input() {
     assert_rejects(&run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("  ")]), &["the prompt is empty"]);
-    assert_rejects(&run([Path::new("run"), &fixture("llama-gqa"), Path::new("--prompt"), Path::new("hi")]), &["tokenizer.json", "no tokenizer"]);
-    assert_rejects(&run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("hi"), Path::new("--top-p"), Path::new("0")]), &["--top-p"]);
+    assert_rejects(
+        &run([Path::new("run"), &fixture("llama-gqa"), Path::new("--prompt"), Path::new("hi")]),
+        &["tokenizer.json", "no tokenizer"],
+    );
+    assert_rejects(
+        &run([Path::new("run"), &fixture("llama-chat"), Path::new("--prompt"), Path::new("hi"), Path::new("--top-p"), Path::new("0")]),
+        &["--top-p"],
+    );
 }
 
 #[test]
 fn verify_uses_prompts_when_the_reference_has_a_tokenizer() {
     let tmp = tempfile::tempdir().unwrap();
     let crafted = tmp.path().join("pesc");
-    let o = run([Path::new("craft"), &fixture("llama-chat"), Path::new("-o"), &crafted, Path::new("--experts"), Path::new("4"), Path::new("--top-k"), Path::new("1"), Path::new("--adapter-dim"), Path::new("8")]);
+    let o = run([
+        Path::new("craft"),
+        &fixture("llama-chat"),
+        Path::new("-o"),
+        &crafted,
+        Path::new("--experts"),
+        Path::new("4"),
+        Path::new("--top-k"),
+        Path::new("1"),
+        Path::new("--adapter-dim"),
+        Path::new("8"),
+    ]);
     assert_code(&o, 0);
     let o = run([Path::new("verify"), &crafted, Path::new("--against"), &fixture("llama-chat"), Path::new("--json")]);
     assert_code(&o, 0);
@@ -78,7 +113,15 @@ fn verify_uses_prompts_when_the_reference_has_a_tokenizer() {
     let text = TextModel::load(&fixture("llama-chat")).unwrap();
     let prompts = tmp.path().join("prompts.txt");
     std::fs::write(&prompts, "What is 12 + 30?\nHello, world!\n").unwrap();
-    let o = run([Path::new("verify"), &crafted, Path::new("--against"), &fixture("llama-chat"), Path::new("--prompts"), &prompts, Path::new("--json")]);
+    let o = run([
+        Path::new("verify"),
+        &crafted,
+        Path::new("--against"),
+        &fixture("llama-chat"),
+        Path::new("--prompts"),
+        &prompts,
+        Path::new("--json"),
+    ]);
     assert_code(&o, 0);
     let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let want = text.encode("What is 12 + 30?").unwrap().len() + text.encode("Hello, world!").unwrap().len();
@@ -132,7 +175,10 @@ fn a_tokenizer_rebuilt_from_gguf_metadata_tokenizes_alike() {
     for e in r["encodings"].as_array().unwrap() {
         let s = e["text"].as_str().unwrap();
         assert_eq!(rebuilt.encode(s).unwrap(), ids(&e["ids"]), "{s:?}");
-        assert_eq!(rebuilt.decode(&ids(&e["ids"])).unwrap(), TextModel::load(&fixture("llama-chat")).unwrap().decode(&ids(&e["ids"])).unwrap());
+        assert_eq!(
+            rebuilt.decode(&ids(&e["ids"])).unwrap(),
+            TextModel::load(&fixture("llama-chat")).unwrap().decode(&ids(&e["ids"])).unwrap()
+        );
     }
     let prompt = rebuilt.apply_chat_template(&[ChatMessage { role: "user".into(), content: "What is 12 + 30?".into() }], true).unwrap();
     assert_eq!(prompt, r["prompt"].as_str().unwrap());

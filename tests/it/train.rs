@@ -30,15 +30,8 @@ fn pattern_data(path: &Path, n: usize) {
     let mut s = String::new();
     for i in 0..n {
         let c = u32::try_from(i % 4).unwrap();
-        let ids: Vec<u32> = [1, 10 + c, 5]
-            .into_iter()
-            .chain((0..8).map(|k| 20 + c * 10 + k))
-            .collect();
-        let labels: Vec<i64> = ids
-            .iter()
-            .enumerate()
-            .map(|(j, &t)| if j < 3 { -100 } else { i64::from(t) })
-            .collect();
+        let ids: Vec<u32> = [1, 10 + c, 5].into_iter().chain((0..8).map(|k| 20 + c * 10 + k)).collect();
+        let labels: Vec<i64> = ids.iter().enumerate().map(|(j, &t)| if j < 3 { -100 } else { i64::from(t) }).collect();
         s.push_str(&serde_json::json!({ "input_ids": ids, "labels": labels }).to_string());
         s.push('\n');
     }
@@ -77,8 +70,7 @@ fn model_f64_with(dir: &Path, gradient_checkpointing: bool) -> TrainModel {
     };
     let m = TrainModel::load(&weights, opts, &Device::Cpu).unwrap();
     for (i, (_, v)) in m.params().iter().enumerate() {
-        let t =
-            Tensor::from_vec(noise(v.elem_count(), i as u64, 0.3), v.dims(), &Device::Cpu).unwrap();
+        let t = Tensor::from_vec(noise(v.elem_count(), i as u64, 0.3), v.dims(), &Device::Cpu).unwrap();
         v.set(&t).unwrap();
     }
     m
@@ -86,19 +78,12 @@ fn model_f64_with(dir: &Path, gradient_checkpointing: bool) -> TrainModel {
 
 fn examples() -> Vec<Example> {
     let mk = |ids: Vec<u32>, from: usize| Example {
-        labels: ids
-            .iter()
-            .enumerate()
-            .map(|(j, &t)| if j < from { -100 } else { i64::from(t) })
-            .collect(),
+        labels: ids.iter().enumerate().map(|(j, &t)| if j < from { -100 } else { i64::from(t) }).collect(),
         input_ids: ids,
         line: 1,
         source: None,
     };
-    vec![
-        mk(vec![1, 7, 99, 4, 250, 31, 8], 3),
-        mk(vec![1, 12, 13, 14, 15], 2),
-    ]
+    vec![mk(vec![1, 7, 99, 4, 250, 31, 8], 3), mk(vec![1, 12, 13, 14, 15], 2)]
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -113,11 +98,7 @@ fn check_gradients(which: &dyn Fn(&TrainModel, &[&Example]) -> Tensor, names: &[
     let batch: Vec<&Example> = ex.iter().collect();
     let grads = which(&m, &batch).backward().unwrap();
     for name in names {
-        let (_, var): &(String, Var) = m
-            .params()
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no trainable `{name}`"));
+        let (_, var): &(String, Var) = m.params().iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no trainable `{name}`"));
         let g = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for `{name}`"))
@@ -125,36 +106,22 @@ fn check_gradients(which: &dyn Fn(&TrainModel, &[&Example]) -> Tensor, names: &[
             .unwrap()
             .to_vec1::<f64>()
             .unwrap();
-        let base = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let n = base.len();
         for &i in &[0, n / 3, n / 2, n - 1] {
             let eps = 1e-6;
             let at = |d: f64| {
                 let mut v = base.clone();
                 v[i] += d;
-                var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
-                    .unwrap();
+                var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap()).unwrap();
                 scalar(&which(&m, &batch))
             };
             let fd = (at(eps) - at(-eps)) / (2.0 * eps);
-            var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap()).unwrap();
             let err = (fd - g[i]).abs();
-            assert!(
-                err <= 1e-6 + 1e-5 * fd.abs().max(g[i].abs()),
-                "`{name}`[{i}]: autograd {} finite difference {fd}",
-                g[i]
-            );
+            assert!(err <= 1e-6 + 1e-5 * fd.abs().max(g[i].abs()), "`{name}`[{i}]: autograd {} finite difference {fd}", g[i]);
         }
-        assert!(
-            g.iter().any(|x| x.abs() > 1e-8),
-            "`{name}`: all-zero gradient"
-        );
+        assert!(g.iter().any(|x| x.abs() > 1e-8), "`{name}`: all-zero gradient");
     }
 }
 
@@ -183,13 +150,7 @@ fn adapter_router_and_lora_gradients_match_finite_differences() {
 #[test]
 fn balancing_loss_gradient_matches_finite_differences() {
     let aux = |m: &TrainModel, b: &[&Example]| m.forward(b, None).unwrap().aux;
-    check_gradients(
-        &aux,
-        &[
-            "model.layers.0.mlp.moe_adapter.router.weight",
-            "model.layers.1.mlp.moe_adapter.router.weight",
-        ],
-    );
+    check_gradients(&aux, &["model.layers.0.mlp.moe_adapter.router.weight", "model.layers.1.mlp.moe_adapter.router.weight"]);
 }
 
 #[test]
@@ -219,27 +180,12 @@ fn crafted_model_loss_equals_the_runner() {
     let dir = tempfile::tempdir().unwrap();
     let path = crafted(dir.path());
     let weights = pesc_model::Weights::open(&path).unwrap();
-    let opts = TrainOptions {
-        lora_r: 0,
-        dtype: DType::F32,
-        ..TrainOptions::default()
-    };
+    let opts = TrainOptions { lora_r: 0, dtype: DType::F32, ..TrainOptions::default() };
     let m = TrainModel::load(&weights, opts, &Device::Cpu).unwrap();
     let ex = &examples()[0];
-    let ours = m
-        .forward(&[ex], None)
-        .unwrap()
-        .ce
-        .to_scalar::<f32>()
-        .unwrap();
-    let runner =
-        pesc_model::Runner::load(&weights, pesc_model::ComputeDType::F32, &Device::Cpu).unwrap();
-    let logits = runner
-        .forward(&ex.input_ids, &mut pesc_model::Cache::default())
-        .unwrap()
-        .logits
-        .to_vec2::<f32>()
-        .unwrap();
+    let ours = m.forward(&[ex], None).unwrap().ce.to_scalar::<f32>().unwrap();
+    let runner = pesc_model::Runner::load(&weights, pesc_model::ComputeDType::F32, &Device::Cpu).unwrap();
+    let logits = runner.forward(&ex.input_ids, &mut pesc_model::Cache::default()).unwrap().logits.to_vec2::<f32>().unwrap();
     let mut sum = 0.0f64;
     let mut n = 0.0;
     for (row, &label) in logits.iter().zip(&ex.labels[1..]) {
@@ -247,53 +193,17 @@ fn crafted_model_loss_equals_the_runner() {
             continue;
         };
         let max = row.iter().copied().fold(f32::MIN, f32::max);
-        let lse = f64::from(max)
-            + row
-                .iter()
-                .map(|&x| f64::from(x - max).exp())
-                .sum::<f64>()
-                .ln();
+        let lse = f64::from(max) + row.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln();
         sum += lse - f64::from(row[t]);
         n += 1.0;
     }
-    assert!(
-        (f64::from(ours) - sum / n).abs() < 1e-4,
-        "trainer {ours}, runner {}",
-        sum / n
-    );
+    assert!((f64::from(ours) - sum / n).abs() < 1e-4, "trainer {ours}, runner {}", sum / n);
 }
 
-fn train_args(
-    pesc: &Path,
-    data: &Path,
-    out: &Path,
-    steps: &str,
-    extra: &[&str],
-) -> Vec<std::ffi::OsString> {
-    let mut v: Vec<std::ffi::OsString> = vec![
-        "train".into(),
-        pesc.into(),
-        "--data".into(),
-        data.into(),
-        "-o".into(),
-        out.into(),
-        "--steps".into(),
-        steps.into(),
-    ];
-    v.extend(
-        [
-            "--batch-size",
-            "4",
-            "--lr",
-            "1e-2",
-            "--lora-r",
-            "8",
-            "--seed",
-            "1",
-        ]
-        .iter()
-        .map(Into::into),
-    );
+fn train_args(pesc: &Path, data: &Path, out: &Path, steps: &str, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> =
+        vec!["train".into(), pesc.into(), "--data".into(), data.into(), "-o".into(), out.into(), "--steps".into(), steps.into()];
+    v.extend(["--batch-size", "4", "--lr", "1e-2", "--lora-r", "8", "--seed", "1"].iter().map(Into::into));
     v.extend(extra.iter().map(Into::into));
     v
 }
@@ -307,11 +217,7 @@ fn assert_same_results(a: &Path, b: &Path) {
 }
 
 fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
@@ -328,26 +234,17 @@ fn loss_falls_on_a_learnable_pattern_and_the_run_folder_is_complete() {
     let late: f64 = (55..60).map(loss).sum::<f64>() / 5.0;
     assert!(late < loss(0) - 0.8, "loss {} -> {late}", loss(0));
     let aux: Vec<f64> = m.iter().map(|x| x["aux_loss"].as_f64().unwrap()).collect();
-    let spread =
-        aux.iter().copied().fold(f64::MIN, f64::max) - aux.iter().copied().fold(f64::MAX, f64::min);
+    let spread = aux.iter().copied().fold(f64::MIN, f64::max) - aux.iter().copied().fold(f64::MAX, f64::min);
     assert!(spread > 1e-4, "the balancing loss does not vary: {aux:?}");
     assert_eq!(m[0]["expert_load"].as_array().unwrap().len(), 2);
-    for f in [
-        "adapter_config.json",
-        "adapter_model.safetensors",
-        "moe_model.safetensors",
-        "checkpoint",
-    ] {
+    for f in ["adapter_config.json", "adapter_model.safetensors", "moe_model.safetensors", "checkpoint"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 8);
     let lora = pesc_io::SafetensorsFile::open(&out.join("adapter_model.safetensors")).unwrap();
-    assert!(lora
-        .tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
-        .is_some());
+    assert!(lora.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").is_some());
     let moe = pesc_io::SafetensorsFile::open(&out.join("moe_model.safetensors")).unwrap();
     assert_eq!(moe.tensors().len(), 2 * (1 + 4 * 2));
 }
@@ -419,19 +316,9 @@ fn text_records_use_the_chat_template_and_truncation_is_counted() {
     .unwrap();
     for template in ["chat", "reference"] {
         let out = dir.path().join(format!("run-{template}"));
-        let o = run(train_args(
-            &pesc,
-            &data,
-            &out,
-            "2",
-            &["--template", template, "--seq-len", "160"],
-        ));
+        let o = run(train_args(&pesc, &data, &out, "2", &["--template", template, "--seq-len", "160"]));
         assert_code(&o, 0);
-        assert!(
-            stderr(&o).contains("1 truncated to --seq-len 160"),
-            "{}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains("1 truncated to --seq-len 160"), "{}", stderr(&o));
     }
 }
 
@@ -445,26 +332,11 @@ fn bad_input_is_refused_with_its_line_and_leaves_nothing() {
             "{\"input_ids\": [1, 2, 3]}\n{\"prompt\": \"x\", \"completion\": \"y\"}\n",
             &["line 2", "unknown record format", "completion, prompt"],
         ),
-        (
-            "{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, -100]}\n",
-            &["line 1", "no response tokens"],
-        ),
-        (
-            "{\"input_ids\": [1, 2, 3], \"labels\": [-100, 5]}\n",
-            &["line 1", "`labels` has 2 entries"],
-        ),
-        (
-            "{\"input_ids\": [1, 99999]}\n",
-            &["line 1", "vocabulary size 320"],
-        ),
-        (
-            "{\"instruction\": \"a\", \"output\": \"b\"}\n",
-            &["line 1", "tokenizer"],
-        ),
-        (
-            "{\"input_ids\": [1, 2]}\nnot json\n",
-            &["line 2", "not a JSON record"],
-        ),
+        ("{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, -100]}\n", &["line 1", "no response tokens"]),
+        ("{\"input_ids\": [1, 2, 3], \"labels\": [-100, 5]}\n", &["line 1", "`labels` has 2 entries"]),
+        ("{\"input_ids\": [1, 99999]}\n", &["line 1", "vocabulary size 320"]),
+        ("{\"instruction\": \"a\", \"output\": \"b\"}\n", &["line 1", "tokenizer"]),
+        ("{\"input_ids\": [1, 2]}\nnot json\n", &["line 2", "not a JSON record"]),
         ("", &["holds no records"]),
     ];
     for (i, (text, needles)) in cases.iter().enumerate() {
@@ -483,18 +355,21 @@ fn bad_input_is_refused_with_its_line_and_leaves_nothing() {
         .collect();
     assert_rejects(&run(no_lora), &["dense model", "--lora-r is 0"]);
     let mixtral = dir.path().join("mixtral");
-    assert_code(&run(["upcycle".as_ref(), fixture("llama-gqa").as_os_str(), "-o".as_ref(), mixtral.as_os_str(), "--experts".as_ref(), "2".as_ref(), "--top-k".as_ref(), "1".as_ref()]), 0);
-    assert_rejects(&run(train_args(&mixtral, &data, &dir.path().join("m"), "1", &[])), &["Mixtral model"]);
-    assert_rejects(
-        &run(train_args(
-            &pesc,
-            &data,
-            &dir.path().join("t"),
-            "1",
-            &["--lora-targets", "q,x"],
-        )),
-        &["--lora-targets", "`x`"],
+    assert_code(
+        &run([
+            "upcycle".as_ref(),
+            fixture("llama-gqa").as_os_str(),
+            "-o".as_ref(),
+            mixtral.as_os_str(),
+            "--experts".as_ref(),
+            "2".as_ref(),
+            "--top-k".as_ref(),
+            "1".as_ref(),
+        ]),
+        0,
     );
+    assert_rejects(&run(train_args(&mixtral, &data, &dir.path().join("m"), "1", &[])), &["Mixtral model"]);
+    assert_rejects(&run(train_args(&pesc, &data, &dir.path().join("t"), "1", &["--lora-targets", "q,x"])), &["--lora-targets", "`x`"]);
     if !cfg!(feature = "cuda") {
         let out = dir.path().join("gpu");
         assert_rejects(&run(train_args(&pesc, &data, &out, "1", &["--device", "cuda"])), &["built without CUDA", "--features cuda"]);
@@ -517,8 +392,7 @@ fn a_nan_loss_stops_with_a_checkpoint_of_the_step_before() {
     let o = run(args);
     assert_code(&o, 2);
     assert!(stderr(&o).contains("error: the loss is NaN at step 2; stopped (checkpoint of step 1"), "{}", stderr(&o));
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
     assert_eq!(state["step"], 1);
     assert_eq!(metrics(&out).len(), 1, "only the finite step is logged");
     assert!(!out.join("adapter_model.safetensors").exists(), "no results from a failed run");
@@ -547,8 +421,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_like_an_uninterrupted_run() {
     let o = child.wait_with_output().unwrap();
     assert_code(&o, 130);
     let err = stderr(&o);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
     let step = state["step"].as_u64().unwrap();
     assert!(err.contains(&format!("interrupted after step {step}")), "{err}");
     assert_eq!(metrics(&out).len() as u64, step, "the checkpoint holds the last logged step");
@@ -570,10 +443,12 @@ fn route_stats_counts_every_assignment_per_source_and_layer() {
     pattern_data(&data, 6);
     // A second file whose records name their own source.
     let tagged = tmp.path().join("tagged.jsonl");
-    std::fs::write(&tagged, "{\"input_ids\": [1, 2, 3, 4, 5], \"source\": \"math\"}\n{\"input_ids\": [9, 8, 7], \"source\": \"code\"}\n").unwrap();
+    std::fs::write(&tagged, "{\"input_ids\": [1, 2, 3, 4, 5], \"source\": \"math\"}\n{\"input_ids\": [9, 8, 7], \"source\": \"code\"}\n")
+        .unwrap();
     let svg = tmp.path().join("routes.svg");
     let args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
-        let mut v: Vec<std::ffi::OsString> = vec!["route-stats".into(), model.clone().into(), "--data".into(), data.clone().into(), "--data".into(), tagged.clone().into()];
+        let mut v: Vec<std::ffi::OsString> =
+            vec!["route-stats".into(), model.clone().into(), "--data".into(), data.clone().into(), "--data".into(), tagged.clone().into()];
         v.extend(extra.iter().map(Into::into));
         v
     };

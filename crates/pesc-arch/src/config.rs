@@ -199,17 +199,12 @@ impl ModelConfig {
         let num_heads = r.positive("num_attention_heads")?;
         let num_kv_heads = r.opt_positive("num_key_value_heads")?.unwrap_or(num_heads);
         if num_heads % num_kv_heads != 0 {
-            return Err(r.err(
-                "num_key_value_heads",
-                format!("{num_kv_heads} does not divide num_attention_heads {num_heads}"),
-            ));
+            return Err(r.err("num_key_value_heads", format!("{num_kv_heads} does not divide num_attention_heads {num_heads}")));
         }
         let head_dim = match r.opt_positive("head_dim")? {
             Some(d) => d,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-            None => {
-                return Err(r.err("num_attention_heads", format!("{num_heads} does not divide hidden_size {hidden_size}")))
-            }
+            None => return Err(r.err("num_attention_heads", format!("{num_heads} does not divide hidden_size {hidden_size}"))),
         };
         let num_layers = r.positive("num_hidden_layers")?;
         if num_layers > MAX_LAYERS {

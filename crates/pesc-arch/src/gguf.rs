@@ -116,7 +116,10 @@ fn hparams(file: &GgufFile, arch: &str, vocab_from_tokens: Option<u64>, embed_ro
     let experts = u("expert_count")?.unwrap_or(0);
     let experts_used = u("expert_used_count")?.unwrap_or(0);
     if experts > 0 && (experts_used == 0 || experts_used > experts) {
-        return Err(invalid(path, format!("`{}` {experts_used} must be between 1 and `{}` {experts}", k("expert_used_count"), k("expert_count"))));
+        return Err(invalid(
+            path,
+            format!("`{}` {experts_used} must be between 1 and `{}` {experts}", k("expert_used_count"), k("expert_count")),
+        ));
     }
     Ok(Hparams {
         layers: need("block_count")?,
@@ -247,7 +250,13 @@ impl GgufModel {
         let config = ModelConfig::parse(&path.with_file_name("config.json"), &bytes)
             .map_err(|e| invalid(path, format!("the metadata describes an invalid model: {e}")))?;
         let expected: BTreeMap<String, Vec<u64>> = config.expected_tensors()?.into_iter().collect();
-        let kind = if arch == "pesc" { "PESC" } else if hp.experts > 0 { "Mixtral" } else { "dense" };
+        let kind = if arch == "pesc" {
+            "PESC"
+        } else if hp.experts > 0 {
+            "Mixtral"
+        } else {
+            "dense"
+        };
         let mut sources = BTreeMap::new();
         for t in file.tensors() {
             let names = hf_names(&t.name, &arch, hp.experts)
@@ -258,7 +267,12 @@ impl GgufModel {
                 if t.ne.len() != 3 || t.ne[2] != hp.experts {
                     return Err(invalid(
                         path,
-                        format!("tensor `{}` has shape {} but stacks `{arch}.expert_count` = {} experts", t.name, pesc_tensor::shape_str(&shape), hp.experts),
+                        format!(
+                            "tensor `{}` has shape {} but stacks `{arch}.expert_count` = {} experts",
+                            t.name,
+                            pesc_tensor::shape_str(&shape),
+                            hp.experts
+                        ),
                     ));
                 }
                 shape.remove(0);
@@ -294,7 +308,10 @@ impl GgufModel {
                 };
                 if let Some(h) = permute_heads {
                     if shape[0] % (2 * h) != 0 {
-                        return Err(invalid(path, format!("tensor `{}`: {} rows do not split into {h} heads of rotary pairs", t.name, shape[0])));
+                        return Err(invalid(
+                            path,
+                            format!("tensor `{}`: {} rows do not split into {h} heads of rotary pairs", t.name, shape[0]),
+                        ));
                     }
                 }
                 sources.insert(name, Source { tensor: t.name.clone(), expert, permute_heads, shape: shape.clone() });
@@ -339,7 +356,8 @@ impl GgufModel {
     pub fn read_raw(&self, name: &str) -> Result<RawTensor, ArchError> {
         let (s, t) = self.source(name)?;
         let rows = s.shape[0];
-        let row_bytes = t.ty.row_bytes(t.ne[0]).ok_or_else(|| invalid(self.path(), format!("tensor `{}`: rows are not whole blocks", t.name)))?;
+        let row_bytes =
+            t.ty.row_bytes(t.ne[0]).ok_or_else(|| invalid(self.path(), format!("tensor `{}`: rows are not whole blocks", t.name)))?;
         let len = rows * s.shape[1..].iter().product::<u64>() / t.ne[0] * row_bytes;
         let bytes = match s.expert {
             Some(j) => self.file.read_part(t, j * len, len),
@@ -347,7 +365,12 @@ impl GgufModel {
         }
         .map_err(ArchError::from)?;
         let bytes = match s.permute_heads {
-            Some(heads) => unpermute_rows(&bytes, usize::try_from(rows).unwrap_or(0), usize::try_from(row_bytes).unwrap_or(0), usize::try_from(heads).unwrap_or(1)),
+            Some(heads) => unpermute_rows(
+                &bytes,
+                usize::try_from(rows).unwrap_or(0),
+                usize::try_from(row_bytes).unwrap_or(0),
+                usize::try_from(heads).unwrap_or(1),
+            ),
             None => bytes,
         };
         Ok(RawTensor { ty: t.ty, shape: s.shape.clone(), bytes })
@@ -408,7 +431,12 @@ fn config_json(file: &GgufFile, arch: &str, hp: &Hparams, vocab: Option<&GgufVoc
         let scale = md.opt_f32("pesc.adapter_scale").map_err(|e| meta(file, e))?.unwrap_or(1.0);
         match md.opt_u32("pesc.expert_gating_func").map_err(|e| meta(file, e))? {
             None | Some(1) => {}
-            Some(other) => return Err(invalid(file.path(), format!("`pesc.expert_gating_func` {other} is not softmax (1), the only router scoring PESC defines"))),
+            Some(other) => {
+                return Err(invalid(
+                    file.path(),
+                    format!("`pesc.expert_gating_func` {other} is not softmax (1), the only router scoring PESC defines"),
+                ))
+            }
         }
         c.insert("pesc_base_model_type".into(), json!("llama"));
         c.insert("num_experts".into(), json!(hp.experts));

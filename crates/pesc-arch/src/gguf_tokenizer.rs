@@ -10,16 +10,13 @@
 use serde_json::{json, Value};
 
 /// The GPT-2 split, as byte-level BPE applies it with `use_regex`.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp's regexes for `tokenizer.ggml.pre = "default"` (or none), in order.
-const DEFAULT_SPLITS: [&str; 4] = [
-    r"[\p{P}\$\+<=>\^~\|]+",
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
-    r"\p{N}+",
-    r"[0-9][0-9][0-9]",
-];
+const DEFAULT_SPLITS: [&str; 4] =
+    [r"[\p{P}\$\+<=>\^~\|]+", r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)", r"\p{N}+", r"[0-9][0-9][0-9]"];
 
 /// What the GGUF says about its tokenizer.
 pub struct GgufVocab {
@@ -50,14 +47,13 @@ pub struct GgufVocab {
 }
 
 fn pre_tokenizer(pre: &str) -> Result<Value, String> {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let byte_level =
+        |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     // llama.cpp applies its regexes one after another, each to the pieces the
     // previous left (matches and the text between them), then maps bytes.
     let splits = |regexes: &[&str]| {
-        let mut seq: Vec<Value> = regexes
-            .iter()
-            .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
-            .collect();
+        let mut seq: Vec<Value> =
+            regexes.iter().map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false})).collect();
         seq.push(byte_level(false));
         json!({"type": "Sequence", "pretokenizers": seq})
     };
@@ -84,17 +80,10 @@ fn pre_tokenizer(pre: &str) -> Result<Value, String> {
 /// Builds `(tokenizer.json, tokenizer_config.json)`.
 pub fn hf_tokenizer(v: &GgufVocab) -> Result<(Value, Value), String> {
     if v.model != "gpt2" {
-        return Err(format!(
-            "tokenizer.ggml.model `{}` is not supported for import (only byte-level BPE, `gpt2`)",
-            v.model
-        ));
+        return Err(format!("tokenizer.ggml.model `{}` is not supported for import (only byte-level BPE, `gpt2`)", v.model));
     }
     if !v.token_types.is_empty() && v.token_types.len() != v.tokens.len() {
-        return Err(format!(
-            "tokenizer.ggml.token_type has {} entries for {} tokens",
-            v.token_types.len(),
-            v.tokens.len()
-        ));
+        return Err(format!("tokenizer.ggml.token_type has {} entries for {} tokens", v.token_types.len(), v.tokens.len()));
     }
     let mut vocab = serde_json::Map::new();
     for (i, t) in v.tokens.iter().enumerate() {
@@ -114,10 +103,7 @@ pub fn hf_tokenizer(v: &GgufVocab) -> Result<(Value, Value), String> {
         .collect();
     for (key, id) in [("bos_token_id", v.bos), ("eos_token_id", v.eos), ("unknown_token_id", v.unk), ("padding_token_id", v.pad)] {
         if let Some(id) = id.filter(|&i| i as usize >= v.tokens.len()) {
-            return Err(format!(
-                "tokenizer.ggml.{key} {id} is outside the vocabulary of {} tokens",
-                v.tokens.len()
-            ));
+            return Err(format!("tokenizer.ggml.{key} {id} is outside the vocabulary of {} tokens", v.tokens.len()));
         }
     }
     let name = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize)).cloned();

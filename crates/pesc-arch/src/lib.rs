@@ -23,8 +23,8 @@ pub use config::{Family, ModelConfig, Moe, PescParams, RopeScaling};
 pub use gguf::{is_gguf_path, unpermute_rows, GgufModel, RawTensor, GGUF_ARCHITECTURES};
 pub use gguf_tokenizer::{hf_tokenizer, GgufVocab};
 pub use model::{ArchError, Model};
-pub use nf4::{dequantize_as, Nf4Config, Nf4Info, QUANT_STATE};
 pub use names::{dense_mlp, mixtral_expert, mixtral_gate, pesc_router, ExpertNaming};
+pub use nf4::{dequantize_as, Nf4Config, Nf4Info, QUANT_STATE};
 pub use summary::{QuantSummary, Summary};
 
 /// Largest layer count accepted from a config.

@@ -156,12 +156,8 @@ impl Model {
     }
 
     fn check(&self) -> Result<BTreeMap<String, Nf4Info>, ArchError> {
-        let expected: BTreeMap<String, Vec<u64>> = self
-            .config
-            .expected_tensors()?
-            .into_iter()
-            .map(|(n, s)| (self.stored_name(&n), s))
-            .collect();
+        let expected: BTreeMap<String, Vec<u64>> =
+            self.config.expected_tensors()?.into_iter().map(|(n, s)| (self.stored_name(&n), s)).collect();
         let file = |name: &str| self.weights.file_of(name).map_or_else(|| self.dir.clone(), Path::to_path_buf);
         let mut nf4 = BTreeMap::new();
         for (name, shape) in &expected {

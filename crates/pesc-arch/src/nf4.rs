@@ -73,11 +73,7 @@ fn dtype_of_name(s: &str) -> Option<DType> {
 impl Nf4Config {
     /// Reads `quantization_config` from a config; `None` when there is none.
     pub(crate) fn parse(path: &Path, raw: &Map<String, Value>) -> Result<Option<Self>, ArchError> {
-        let err = |key: &str, problem: String| ArchError::Config {
-            path: path.into(),
-            key: format!("quantization_config.{key}"),
-            problem,
-        };
+        let err = |key: &str, problem: String| ArchError::Config { path: path.into(), key: format!("quantization_config.{key}"), problem };
         let q = match raw.get("quantization_config") {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Object(q)) => q,
@@ -116,10 +112,7 @@ impl Nf4Config {
             return Err(err("load_in_4bit", "must be true (8-bit bitsandbytes folders are not supported)".into()));
         }
         if text("bnb_4bit_quant_type")? != Some("nf4") {
-            return Err(err(
-                "bnb_4bit_quant_type",
-                format!("is {:?}; only \"nf4\" is supported", text("bnb_4bit_quant_type")?),
-            ));
+            return Err(err("bnb_4bit_quant_type", format!("is {:?}; only \"nf4\" is supported", text("bnb_4bit_quant_type")?)));
         }
         if let Some(s) = text("bnb_4bit_quant_storage")? {
             if s != "uint8" {
@@ -128,10 +121,7 @@ impl Nf4Config {
         }
         let compute_dtype = text("bnb_4bit_compute_dtype")?.unwrap_or("float32").to_owned();
         if dtype_of_name(&compute_dtype).is_none() {
-            return Err(err(
-                "bnb_4bit_compute_dtype",
-                format!("is \"{compute_dtype}\"; expected float32, float16 or bfloat16"),
-            ));
+            return Err(err("bnb_4bit_compute_dtype", format!("is \"{compute_dtype}\"; expected float32, float16 or bfloat16")));
         }
         Ok(Some(Nf4Config { double_quant: flag("bnb_4bit_use_double_quant")?, compute_dtype }))
     }
@@ -147,13 +137,7 @@ pub(crate) fn pieces(double_quant: bool) -> &'static [&'static str] {
 }
 
 /// Checks the NF4 weight `name`, implied by the config to have `shape`.
-pub(crate) fn check_weight(
-    dir: &Path,
-    w: &Checkpoint,
-    cfg: &Nf4Config,
-    name: &str,
-    shape: &[u64],
-) -> Result<Nf4Info, ArchError> {
+pub(crate) fn check_weight(dir: &Path, w: &Checkpoint, cfg: &Nf4Config, name: &str, shape: &[u64]) -> Result<Nf4Info, ArchError> {
     let file = |t: &str| w.file_of(t).map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
     let bad = |field: &str, problem: String| ArchError::Nf4 {
         path: file(&format!("{name}.{QUANT_STATE}")),
@@ -163,10 +147,7 @@ pub(crate) fn check_weight(
     };
     let info = parse_state(w, name, &bad)?;
     if info.shape != shape {
-        return Err(bad(
-            "quant_state.shape",
-            format!("is {} but config.json implies {}", shape_str(&info.shape), shape_str(shape)),
-        ));
+        return Err(bad("quant_state.shape", format!("is {} but config.json implies {}", shape_str(&info.shape), shape_str(shape))));
     }
     let dq = info.offset.is_some();
     if dq != cfg.double_quant {
@@ -239,11 +220,7 @@ fn parse_state(w: &Checkpoint, name: &str, bad: &dyn Fn(&str, String) -> ArchErr
     if t.dtype != DType::U8 || t.shape.len() != 1 || t.nbytes > MAX_QUANT_STATE_BYTES {
         return Err(bad(
             "quant_state",
-            format!(
-                "must be 1-D U8 JSON of at most {MAX_QUANT_STATE_BYTES} bytes, found {} {}",
-                t.dtype,
-                shape_str(&t.shape)
-            ),
+            format!("must be 1-D U8 JSON of at most {MAX_QUANT_STATE_BYTES} bytes, found {} {}", t.dtype, shape_str(&t.shape)),
         ));
     }
     let bytes = w.read(&state_name)?;
@@ -266,17 +243,11 @@ fn parse_state(w: &Checkpoint, name: &str, bad: &dyn Fn(&str, String) -> ArchErr
     }
     let blocksize = s["blocksize"].as_u64().and_then(|b| usize::try_from(b).ok()).filter(|b| BLOCKSIZES.contains(b));
     let Some(blocksize) = blocksize else {
-        return Err(bad(
-            "quant_state.blocksize",
-            format!("is {}; must be a power of two from 32 to 4096", s["blocksize"]),
-        ));
+        return Err(bad("quant_state.blocksize", format!("is {}; must be a power of two from 32 to 4096", s["blocksize"])));
     };
     let dtype = s["dtype"].as_str().and_then(dtype_of_name);
     let Some(dtype) = dtype else {
-        return Err(bad(
-            "quant_state.dtype",
-            format!("is {}; expected \"float32\", \"float16\" or \"bfloat16\"", s["dtype"]),
-        ));
+        return Err(bad("quant_state.dtype", format!("is {}; expected \"float32\", \"float16\" or \"bfloat16\"", s["dtype"])));
     };
     let shape: Option<Vec<u64>> = s["shape"].as_array().and_then(|a| a.iter().map(Value::as_u64).collect());
     let Some(shape) = shape.filter(|sh| !sh.is_empty() && pesc_tensor::numel(sh).is_some_and(|n| n > 0)) else {
@@ -284,10 +255,7 @@ fn parse_state(w: &Checkpoint, name: &str, bad: &dyn Fn(&str, String) -> ArchErr
     };
     let offset = if dq {
         if s["nested_blocksize"].as_u64() != Some(NESTED_BLOCKSIZE as u64) {
-            return Err(bad(
-                "quant_state.nested_blocksize",
-                format!("is {}; bitsandbytes uses 256", s["nested_blocksize"]),
-            ));
+            return Err(bad("quant_state.nested_blocksize", format!("is {}; bitsandbytes uses 256", s["nested_blocksize"])));
         }
         if s["nested_dtype"] != "float32" {
             return Err(bad("quant_state.nested_dtype", format!("is {}; expected \"float32\"", s["nested_dtype"])));
@@ -296,10 +264,7 @@ fn parse_state(w: &Checkpoint, name: &str, bad: &dyn Fn(&str, String) -> ArchErr
         #[allow(clippy::cast_possible_truncation)]
         let offset = s["nested_offset"].as_f64().map(|o| o as f32).filter(|o| o.is_finite());
         let Some(offset) = offset else {
-            return Err(bad(
-                "quant_state.nested_offset",
-                format!("is {}; expected a finite number", s["nested_offset"]),
-            ));
+            return Err(bad("quant_state.nested_offset", format!("is {}; expected a finite number", s["nested_offset"])));
         };
         Some(offset)
     } else {

@@ -25,13 +25,8 @@ pub(crate) struct Card<'a> {
 /// `_name_or_path` from the model's config when it looks like a Hub id.
 #[must_use]
 pub(crate) fn hub_id(model: &Model) -> Option<String> {
-    let id = model
-        .config
-        .raw
-        .get("_name_or_path")
-        .and_then(|v| v.as_str())?;
-    (id.split('/').count() == 2 && !id.starts_with('/') && !id.starts_with('.'))
-        .then(|| id.to_owned())
+    let id = model.config.raw.get("_name_or_path").and_then(|v| v.as_str())?;
+    (id.split('/').count() == 2 && !id.starts_with('/') && !id.starts_with('.')).then(|| id.to_owned())
 }
 
 /// The base model's name: its Hub id (see [`hub_id`]), else its folder name.
@@ -51,13 +46,7 @@ pub(crate) fn base_license(model: &Model) -> Option<String> {
     let text = pesc_io::read_capped(&model.dir.join("README.md"), 1 << 20).ok()?;
     let text = String::from_utf8(text).ok()?;
     let front = text.strip_prefix("---\n")?.split("\n---").next()?;
-    front
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("license:")
-                .map(|v| v.trim().trim_matches('"').to_owned())
-        })
-        .filter(|v| !v.is_empty())
+    front.lines().find_map(|l| l.strip_prefix("license:").map(|v| v.trim().trim_matches('"').to_owned())).filter(|v| !v.is_empty())
 }
 
 fn yaml_str(s: &str) -> String {
@@ -111,36 +100,22 @@ pub fn thousands(n: u64) -> String {
 /// Parameter counts `(total, active per token)` of `model` crafted with `p`.
 #[must_use]
 pub fn craft_counts(model: &Model, p: &crate::CraftParams) -> (u64, u64) {
-    let dense: u64 = model
-        .weights
-        .tensors()
-        .map(pesc_io::TensorInfo::numel)
-        .sum();
+    let dense: u64 = model.weights.tensors().map(pesc_io::TensorInfo::numel).sum();
     let (l, h) = (model.config.num_layers, model.config.hidden_size);
     let per_expert = 2 * h * p.adapter_dim;
     let router = p.experts * h;
-    (
-        dense + l * (p.experts * per_expert + router),
-        dense + l * (p.top_k * per_expert + router),
-    )
+    (dense + l * (p.experts * per_expert + router), dense + l * (p.top_k * per_expert + router))
 }
 
 /// Parameter counts `(total, active per token)` of `model` upcycled with `p`.
 #[must_use]
 pub fn upcycle_counts(model: &Model, p: &crate::UpcycleParams) -> (u64, u64) {
-    let dense: u64 = model
-        .weights
-        .tensors()
-        .map(pesc_io::TensorInfo::numel)
-        .sum();
+    let dense: u64 = model.weights.tensors().map(pesc_io::TensorInfo::numel).sum();
     let c = &model.config;
     let ffn = 3 * c.hidden_size * c.intermediate_size;
     let router = p.experts * c.hidden_size;
     let base = dense - c.num_layers * ffn;
-    (
-        base + c.num_layers * (p.experts * ffn + router),
-        base + c.num_layers * (p.top_k * ffn + router),
-    )
+    (base + c.num_layers * (p.experts * ffn + router), base + c.num_layers * (p.top_k * ffn + router))
 }
 
 /// The card of a crafted PESC folder.
@@ -197,12 +172,7 @@ pub fn upcycle_card(model: &Model, p: &crate::UpcycleParams, command: &str) -> S
 
 /// The card of a folder made by `merge-lora`.
 #[must_use]
-pub fn merge_card(
-    model: &Model,
-    merge: &crate::Merge,
-    adapter_name: &str,
-    command: &str,
-) -> String {
+pub fn merge_card(model: &Model, merge: &crate::Merge, adapter_name: &str, command: &str) -> String {
     let base = base_model_name(model);
     let cfg = &merge.adapter.config;
     let onto = match merge.onto {
@@ -221,12 +191,7 @@ pub fn merge_card(
         ("base model".into(), format!("`{base}`")),
         (
             "adapter".into(),
-            format!(
-                "`{adapter_name}`{}",
-                cfg.base_model
-                    .as_ref()
-                    .map_or(String::new(), |b| format!(" (trained on `{b}`)"))
-            ),
+            format!("`{adapter_name}`{}", cfg.base_model.as_ref().map_or(String::new(), |b| format!(" (trained on `{b}`)"))),
         ),
         ("merged onto".into(), merge.onto.name().to_owned()),
         (format!("{variant} modules"), merge.loras.len().to_string()),
@@ -236,17 +201,10 @@ pub fn merge_card(
                 "{} / {}{}",
                 cfg.r,
                 cfg.alpha,
-                if cfg.rank_pattern_len() + cfg.alpha_pattern_len() > 0 {
-                    " (with per-module patterns)"
-                } else {
-                    ""
-                }
+                if cfg.rank_pattern_len() + cfg.alpha_pattern_len() > 0 { " (with per-module patterns)" } else { "" }
             ),
         ),
-        (
-            "tensors replaced whole".into(),
-            merge.replaced().count().to_string(),
-        ),
+        ("tensors replaced whole".into(), merge.replaced().count().to_string()),
     ];
     if !matches!(model.config.moe, pesc_arch::Moe::Dense) {
         facts.push(("architecture".into(), model.kind()));

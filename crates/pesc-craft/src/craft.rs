@@ -110,7 +110,13 @@ pub fn pesc_config(model: &Model, p: &CraftParams) -> serde_json::Map<String, Va
 }
 
 /// Writes the crafted weights and `config.json` into `out`.
-pub fn craft(model: &Model, out: &mut OutputDir, p: &CraftParams, shard_size: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<(), CraftError> {
+pub fn craft(
+    model: &Model,
+    out: &mut OutputDir,
+    p: &CraftParams,
+    shard_size: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), CraftError> {
     validate(model, p)?;
     let cfg = &model.config;
     let h = cfg.hidden_size;

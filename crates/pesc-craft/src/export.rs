@@ -80,8 +80,17 @@ pub enum GgufType {
 
 impl GgufType {
     /// Every type, in the order `--help` lists them.
-    pub const ALL: [GgufType; 9] =
-        [GgufType::F32, GgufType::F16, GgufType::BF16, GgufType::Q8_0, GgufType::Q4_0, GgufType::Q4_1, GgufType::Q4_K, GgufType::Q6_K, GgufType::Q4_K_M];
+    pub const ALL: [GgufType; 9] = [
+        GgufType::F32,
+        GgufType::F16,
+        GgufType::BF16,
+        GgufType::Q8_0,
+        GgufType::Q4_0,
+        GgufType::Q4_1,
+        GgufType::Q4_K,
+        GgufType::Q6_K,
+        GgufType::Q4_K_M,
+    ];
 
     /// The `--to` spelling.
     #[must_use]
@@ -251,8 +260,15 @@ pub fn check_exportable(config: &ModelConfig) -> Result<Vec<String>, CraftError>
     }
     match &config.rope_scaling {
         RopeScaling::None | RopeScaling::Linear { .. } => {}
-        RopeScaling::Llama3 { .. } => return Err(invalid(dir, "uses llama3 rope scaling, which GGUF export does not support yet (llama.cpp needs a `rope_freqs.weight` tensor)")),
-        RopeScaling::Other { rope_type } => return Err(invalid(dir, format!("uses rope scaling `{rope_type}`, which GGUF export does not support"))),
+        RopeScaling::Llama3 { .. } => {
+            return Err(invalid(
+                dir,
+                "uses llama3 rope scaling, which GGUF export does not support yet (llama.cpp needs a `rope_freqs.weight` tensor)",
+            ))
+        }
+        RopeScaling::Other { rope_type } => {
+            return Err(invalid(dir, format!("uses rope scaling `{rope_type}`, which GGUF export does not support")))
+        }
     }
     if config.head_dim.checked_rem(2) != Some(0) {
         return Err(invalid(dir, format!("head_dim {} is odd; llama.cpp's rotary layout needs an even head size", config.head_dim)));
@@ -474,12 +490,26 @@ pub fn plan_tensors(config: &ModelConfig, opts: ExportOptions) -> Result<Vec<Pla
         }
         match &config.moe {
             Moe::Mixtral { num_experts, .. } => {
-                raw.push((format!("blk.{l}.ffn_gate_inp.weight"), vec![pesc_arch::mixtral_gate(l)], Category::Router, l, vec![h, *num_experts], None));
+                raw.push((
+                    format!("blk.{l}.ffn_gate_inp.weight"),
+                    vec![pesc_arch::mixtral_gate(l)],
+                    Category::Router,
+                    l,
+                    vec![h, *num_experts],
+                    None,
+                ));
             }
             Moe::Pesc(p) => {
                 let n = pesc_arch::ExpertNaming::Camelidae;
                 let (e, a) = (p.num_experts, p.adapter_dim);
-                raw.push((format!("blk.{l}.ffn_adapter_gate_inp.weight"), vec![pesc_arch::pesc_router(l)], Category::Router, l, vec![h, e], None));
+                raw.push((
+                    format!("blk.{l}.ffn_adapter_gate_inp.weight"),
+                    vec![pesc_arch::pesc_router(l)],
+                    Category::Router,
+                    l,
+                    vec![h, e],
+                    None,
+                ));
                 let down = (0..e).map(|j| n.adapter(l, j, "down")).collect();
                 raw.push((format!("blk.{l}.ffn_adapter_down_exps.weight"), down, Category::Adapter, l, vec![h, a, e], None));
                 let up = (0..e).map(|j| n.adapter(l, j, "up")).collect();
@@ -580,10 +610,8 @@ pub fn export_metadata(model: &Model, opts: ExportOptions) -> Result<(Metadata, 
     let c = &model.config;
     let dir = &model.dir;
     let arch = gguf_architecture(c);
-    let name = fs::canonicalize(dir)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into());
+    let name =
+        fs::canonicalize(dir).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "model".into());
     let mut md = Metadata::new();
     let mut push = |key: &str, value: Value| md.push(key, value).map_err(|e| invalid(dir, format!("metadata: {e}")));
     let k = |name: &str| format!("{arch}.{name}");
@@ -638,7 +666,10 @@ pub fn export_metadata(model: &Model, opts: ExportOptions) -> Result<(Metadata, 
 /// threads; the bytes do not depend on the split.
 fn encode(ty: GgmlType, values: &[f32], row_len: usize, tensor: &str) -> Result<Vec<u8>, CraftError> {
     let fail = |e: pesc_quant::QuantError| CraftError::Invalid(format!("tensor `{tensor}`: {e}"));
-    let row_bytes = ty.row_bytes(row_len as u64).and_then(|b| usize::try_from(b).ok()).ok_or_else(|| CraftError::Invalid(format!("tensor `{tensor}`: rows of {row_len} are not whole {ty} blocks")))?;
+    let row_bytes = ty
+        .row_bytes(row_len as u64)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| CraftError::Invalid(format!("tensor `{tensor}`: rows of {row_len} are not whole {ty} blocks")))?;
     let rows = values.len() / row_len.max(1);
     let mut out = vec![0u8; rows * row_bytes];
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(16).min(rows.max(1));
@@ -677,7 +708,6 @@ impl Drop for Staged {
         }
     }
 }
-
 
 /// Checks the target: not a symlink or folder, absent unless `force`, not
 /// one of the model's own files, with an existing parent. Returns the parent.
@@ -811,7 +841,14 @@ mod tests {
         assert_eq!(rounded_count(8_030_261_248), "8.0B");
         assert_eq!(rounded_count(400), "0.40K");
         assert_eq!(rounded_count(70_553_706_496), "71B");
-        let t = |name: &str, ne: &[u64]| PlannedTensor { name: name.into(), sources: vec![], ty: GgmlType::F32, ne: ne.to_vec(), permute_heads: None, fallback_from: None };
+        let t = |name: &str, ne: &[u64]| PlannedTensor {
+            name: name.into(),
+            sources: vec![],
+            ty: GgmlType::F32,
+            ne: ne.to_vec(),
+            permute_heads: None,
+            fallback_from: None,
+        };
         // Mixtral-8x7B's shapes: 1.6B shared, 3 x 4096 x 14336 per expert and layer.
         let mut mixtral = vec![t("token_embd.weight", &[4096, 32000]), t("output.weight", &[4096, 32000])];
         for l in 0..32 {
@@ -836,9 +873,26 @@ mod tests {
 
     #[test]
     fn loader_order_sorts_blocks_numerically() {
-        let mut names = vec!["blk.10.attn_q.weight", "token_embd.weight", "blk.2.ffn_up.weight", "output.weight", "blk.2.attn_k.weight", "output_norm.weight"];
+        let mut names = vec![
+            "blk.10.attn_q.weight",
+            "token_embd.weight",
+            "blk.2.ffn_up.weight",
+            "output.weight",
+            "blk.2.attn_k.weight",
+            "output_norm.weight",
+        ];
         names.sort_by(|a, b| loader_order(a).cmp(&loader_order(b)));
-        assert_eq!(names, ["output.weight", "output_norm.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.ffn_up.weight", "blk.10.attn_q.weight"]);
+        assert_eq!(
+            names,
+            [
+                "output.weight",
+                "output_norm.weight",
+                "token_embd.weight",
+                "blk.2.attn_k.weight",
+                "blk.2.ffn_up.weight",
+                "blk.10.attn_q.weight"
+            ]
+        );
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub(crate) fn emit_tensor(model: &Model, name: &str, to: DType, w: &mut dyn std:
 
 /// Writes generated values in `dtype` into `w`.
 pub(crate) fn emit_values(dtype: DType, values: &[f32], w: &mut dyn std::io::Write) -> Result<(), CraftError> {
-    let bytes = pesc_tensor::from_f32(dtype, values).ok_or_else(|| CraftError::Invalid(format!("cannot store generated values as {dtype}")))?;
+    let bytes =
+        pesc_tensor::from_f32(dtype, values).ok_or_else(|| CraftError::Invalid(format!("cannot store generated values as {dtype}")))?;
     w.write_all(&bytes).map_err(|e| pesc_io::Error::Io { path: "<output>".into(), source: e })?;
     Ok(())
 }

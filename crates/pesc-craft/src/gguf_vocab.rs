@@ -63,7 +63,8 @@ use std::path::Path;
 const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
 /// The GPT-2 split as Llama 3's `tokenizer.json` spells it.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split (digits one by one).
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -195,7 +196,8 @@ fn brief(v: &Json) -> String {
 fn pre_tokenizer_kind(v: &Json) -> String {
     match v.get("type").and_then(Json::as_str) {
         Some("Sequence") => {
-            let parts: Vec<String> = v.get("pretokenizers").and_then(Json::as_array).map(|a| a.iter().map(pre_tokenizer_kind).collect()).unwrap_or_default();
+            let parts: Vec<String> =
+                v.get("pretokenizers").and_then(Json::as_array).map(|a| a.iter().map(pre_tokenizer_kind).collect()).unwrap_or_default();
             format!("Sequence[{}]", parts.join(", "))
         }
         Some(t) => t.to_owned(),
@@ -227,7 +229,8 @@ fn pre_tokenizer_name(pre: &Json) -> Result<String, String> {
         _ => &[],
     };
     if let [first, second] = parts {
-        let digits = first.get("type").and_then(Json::as_str) == Some("Digits") && first.get("individual_digits").and_then(Json::as_bool) == Some(true);
+        let digits = first.get("type").and_then(Json::as_str) == Some("Digits")
+            && first.get("individual_digits").and_then(Json::as_bool) == Some(true);
         if digits && is_byte_level(second, true) {
             return Ok("smollm".into());
         }
@@ -376,7 +379,8 @@ fn special_vocab(
     dir: &Path,
 ) -> Result<Special, CraftError> {
     let tokenizer_path = dir.join("tokenizer.json");
-    let unsupported = |what: String| CraftError::Invalid(format!("`{}`: {what} is not supported for GGUF export", tokenizer_path.display()));
+    let unsupported =
+        |what: String| CraftError::Invalid(format!("`{}`: {what} is not supported for GGUF export", tokenizer_path.display()));
     let mut s = Special { ids: Vec::new(), add: Vec::new() };
     let mut bos = config_token(tc, "bos");
     let mut cls = config_token(tc, "cls");
@@ -408,7 +412,8 @@ fn special_vocab(
                 Some("TemplateProcessing") => {
                     let single = p.get("single").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default();
                     if single.len() > 1 {
-                        let special_id = |v: &Json| v.get("SpecialToken").and_then(|t| t.get("id")).and_then(Json::as_str).map(str::to_owned);
+                        let special_id =
+                            |v: &Json| v.get("SpecialToken").and_then(|t| t.get("id")).and_then(Json::as_str).map(str::to_owned);
                         if let Some(first) = single.first().and_then(special_id) {
                             if tc.is_none() {
                                 bos = Some(first.clone());

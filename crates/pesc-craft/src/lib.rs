@@ -16,8 +16,8 @@ mod folder;
 mod gguf_vocab;
 mod import;
 mod init;
-mod nf4;
 mod merge;
+mod nf4;
 mod peft;
 mod reshard;
 mod upcycle;
@@ -25,15 +25,15 @@ mod upcycle;
 pub use card::{craft_card, craft_counts, merge_card, thousands, upcycle_card, upcycle_counts};
 pub use craft::{craft, pesc_config, validate, CraftParams, DEFAULT_SCALING};
 pub use export::{
-    check_exportable, export_gguf, export_metadata, permute_rows, plan_tensors, shape_fallback, size_label, ExportOptions, ExportSummary, GgufType, PlannedTensor,
-    QUANTIZATION_VERSION,
+    check_exportable, export_gguf, export_metadata, permute_rows, plan_tensors, shape_fallback, size_label, ExportOptions, ExportSummary,
+    GgufType, PlannedTensor, QUANTIZATION_VERSION,
 };
+pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use gguf_vocab::{gguf_vocab, VocabKind};
 pub use import::Import;
-pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use init::kaiming_uniform;
-pub use nf4::{nf4_config, nf4_targets, quantize_nf4, validate_nf4};
 pub use merge::{lora_delta, Merge, MergeRequest, Onto, ReportRow, MOE_TENSORS, REPORT_FILE};
+pub use nf4::{nf4_config, nf4_targets, quantize_nf4, validate_nf4};
 pub use peft::{LoraConfig, ModuleSelector, PeftAdapter, Scaling, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use reshard::reshard;
 pub use upcycle::{mixtral_config, upcycle, validate_upcycle, UpcycleParams};

@@ -130,7 +130,10 @@ fn adapter_dirs(adapter: &Path) -> Result<(PathBuf, Option<PathBuf>), CraftError
     if nested.join(ADAPTER_CONFIG).is_file() {
         return Ok((nested, Some(adapter.into())));
     }
-    Err(CraftError::Invalid(format!("`{}` has no `{ADAPTER_CONFIG}` (nor `adapter_model/{ADAPTER_CONFIG}`): not a PEFT adapter folder", adapter.display())))
+    Err(CraftError::Invalid(format!(
+        "`{}` has no `{ADAPTER_CONFIG}` (nor `adapter_model/{ADAPTER_CONFIG}`): not a PEFT adapter folder",
+        adapter.display()
+    )))
 }
 
 /// Extra safetensors files in `dirs`: every `.safetensors` but the LoRA's own.
@@ -146,16 +149,10 @@ fn extra_files(dirs: &[&Path]) -> Result<Vec<SafetensorsFile>, CraftError> {
             )));
         }
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| pesc_io::Error::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })?
+            .map_err(|e| pesc_io::Error::Io { path: dir.to_path_buf(), source: e })?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "safetensors")
-                    && p.file_name().is_some_and(|n| n != ADAPTER_WEIGHTS)
-            })
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors") && p.file_name().is_some_and(|n| n != ADAPTER_WEIGHTS))
             .collect();
         names.sort();
         for p in names {
@@ -175,10 +172,7 @@ fn base_name(base: &Model, name: &str) -> String {
     }
     let mut parts: Vec<String> = name.split('.').map(str::to_owned).collect();
     for i in 1..parts.len() {
-        if parts[i - 1] == "experts"
-            && !parts[i].is_empty()
-            && parts[i].bytes().all(|b| b.is_ascii_digit())
-        {
+        if parts[i - 1] == "experts" && !parts[i].is_empty() && parts[i].bytes().all(|b| b.is_ascii_digit()) {
             parts[i] = format!("expert_{}", parts[i]);
         }
     }
@@ -193,11 +187,7 @@ fn file_finite(f: &SafetensorsFile, t: &TensorInfo) -> Result<(), CraftError> {
         Ok(())
     })?;
     if bad {
-        return Err(CraftError::Invalid(format!(
-            "`{}`: tensor `{}` holds NaN or Inf",
-            f.path().display(),
-            t.name
-        )));
+        return Err(CraftError::Invalid(format!("`{}`: tensor `{}` holds NaN or Inf", f.path().display(), t.name)));
     }
     Ok(())
 }
@@ -206,10 +196,7 @@ fn file_finite(f: &SafetensorsFile, t: &TensorInfo) -> Result<(), CraftError> {
 /// `quantization_config` in `adapter_config.json` (as our trainer writes),
 /// the bitsandbytes section PEFT writes into the adapter's `README.md`, or an
 /// NF4 base. Returns the evidence and the recorded double-quant setting.
-fn four_bit_evidence(
-    adapter: &PeftAdapter,
-    base: &Model,
-) -> Result<Option<(String, Option<bool>)>, CraftError> {
+fn four_bit_evidence(adapter: &PeftAdapter, base: &Model) -> Result<Option<(String, Option<bool>)>, CraftError> {
     let check_type = |qt: Option<&str>, from: &str| {
         match qt {
         Some(t) if !t.eq_ignore_ascii_case("nf4") => Err(CraftError::Invalid(format!(
@@ -220,54 +207,27 @@ fn four_bit_evidence(
     };
     if let Some(q) = &adapter.config.quantization {
         if q.get("load_in_4bit").and_then(Value::as_bool) == Some(true) {
-            let from = format!(
-                "`{}` field `quantization_config`",
-                adapter.config.path.display()
-            );
+            let from = format!("`{}` field `quantization_config`", adapter.config.path.display());
             check_type(q.get("bnb_4bit_quant_type").and_then(Value::as_str), &from)?;
-            return Ok(Some((
-                format!("{from} has load_in_4bit true"),
-                q.get("bnb_4bit_use_double_quant").and_then(Value::as_bool),
-            )));
+            return Ok(Some((format!("{from} has load_in_4bit true"), q.get("bnb_4bit_use_double_quant").and_then(Value::as_bool))));
         }
     }
     let card = adapter.dir.join("README.md");
     if let Ok(text) = pesc_io::read_capped(&card, 1 << 20) {
         let text = String::from_utf8_lossy(&text);
-        let mut lines = text.lines().skip_while(|l| {
-            !l.contains("`bitsandbytes` quantization config was used during training")
-        });
+        let mut lines = text.lines().skip_while(|l| !l.contains("`bitsandbytes` quantization config was used during training"));
         if lines.next().is_some() {
-            let fields: BTreeMap<&str, &str> = lines
-                .map_while(|l| l.strip_prefix("- "))
-                .filter_map(|l| l.split_once(": "))
-                .collect();
+            let fields: BTreeMap<&str, &str> = lines.map_while(|l| l.strip_prefix("- ")).filter_map(|l| l.split_once(": ")).collect();
             if fields.get("load_in_4bit") == Some(&"True") {
-                let from = format!(
-                    "`{}` (PEFT's record of the bitsandbytes config)",
-                    card.display()
-                );
+                let from = format!("`{}` (PEFT's record of the bitsandbytes config)", card.display());
                 check_type(fields.get("bnb_4bit_quant_type").copied(), &from)?;
-                return Ok(Some((
-                    format!("{from} has load_in_4bit: True"),
-                    fields
-                        .get("bnb_4bit_use_double_quant")
-                        .map(|v| *v == "True"),
-                )));
+                return Ok(Some((format!("{from} has load_in_4bit: True"), fields.get("bnb_4bit_use_double_quant").map(|v| *v == "True"))));
             }
         }
     }
-    if let Some(q) = base
-        .config
-        .raw
-        .get("quantization_config")
-        .and_then(Value::as_object)
-    {
+    if let Some(q) = base.config.raw.get("quantization_config").and_then(Value::as_object) {
         if q.get("load_in_4bit").and_then(Value::as_bool) == Some(true) {
-            return Ok(Some((
-                "the base is a 4-bit folder".into(),
-                q.get("bnb_4bit_use_double_quant").and_then(Value::as_bool),
-            )));
+            return Ok(Some(("the base is a 4-bit folder".into(), q.get("bnb_4bit_use_double_quant").and_then(Value::as_bool))));
         }
     }
     Ok(None)
@@ -279,21 +239,13 @@ fn logical_shapes(base: &Model) -> BTreeMap<String, Vec<u64>> {
     base.weights
         .tensors()
         .filter(|t| !is_nf4_state(base, &t.name))
-        .map(|t| {
-            (
-                t.name.clone(),
-                base.shape_of(&t.name).unwrap_or_else(|| t.shape.clone()),
-            )
-        })
+        .map(|t| (t.name.clone(), base.shape_of(&t.name).unwrap_or_else(|| t.shape.clone())))
         .collect()
 }
 
 /// Whether `name` is one of the tensors that store an NF4 weight's quantization state.
 fn is_nf4_state(base: &Model, name: &str) -> bool {
-    base.nf4_weights().any(|(w, _)| {
-        name.strip_prefix(w)
-            .is_some_and(|rest| rest.starts_with('.'))
-    })
+    base.nf4_weights().any(|(w, _)| name.strip_prefix(w).is_some_and(|rest| rest.starts_with('.')))
 }
 
 impl Merge {
@@ -315,14 +267,8 @@ impl Merge {
         let evidence = four_bit_evidence(&adapter, base)?;
         let (onto, onto_reason) = match (req.onto, &evidence) {
             (Some(o), _) => (o, "--onto".to_owned()),
-            (None, Some((why, _))) => (
-                Onto::DequantizedNf4,
-                format!("trained on a 4-bit base: {why}"),
-            ),
-            (None, None) => (
-                Onto::Original,
-                "no record of a 4-bit base in the adapter".to_owned(),
-            ),
+            (None, Some((why, _))) => (Onto::DequantizedNf4, format!("trained on a 4-bit base: {why}")),
+            (None, None) => (Onto::Original, "no record of a 4-bit base in the adapter".to_owned()),
         };
         let nf4_base = base.quantization.is_some();
         if nf4_base && onto == Onto::Original {
@@ -332,29 +278,20 @@ impl Merge {
             )));
         }
         if nf4_base && (req.blocksize.is_some() || req.no_double_quant) {
-            warnings.push("the base is an NF4 folder: its weights are read as stored, so --blocksize and --no-double-quant do not apply".to_owned());
+            warnings.push(
+                "the base is an NF4 folder: its weights are read as stored, so --blocksize and --no-double-quant do not apply".to_owned(),
+            );
         }
         let recorded_dq = evidence.as_ref().and_then(|(_, dq)| *dq);
-        let nf4 = Nf4Options {
-            blocksize: req.blocksize.unwrap_or(64),
-            double_quant: !req.no_double_quant && recorded_dq.unwrap_or(true),
-        };
-        nf4.check()
-            .map_err(|e| CraftError::Invalid(format!("--blocksize: {e}")))?;
+        let nf4 = Nf4Options { blocksize: req.blocksize.unwrap_or(64), double_quant: !req.no_double_quant && recorded_dq.unwrap_or(true) };
+        nf4.check().map_err(|e| CraftError::Invalid(format!("--blocksize: {e}")))?;
 
         // The base's modules: every 2-D `.weight` (NF4 weights by their original shape).
         let shapes = logical_shapes(base);
-        let modules: BTreeMap<&str, &[u64]> = shapes
-            .iter()
-            .filter(|(_, s)| s.len() == 2)
-            .filter_map(|(n, s)| n.strip_suffix(".weight").map(|m| (m, s.as_slice())))
-            .collect();
+        let modules: BTreeMap<&str, &[u64]> =
+            shapes.iter().filter(|(_, s)| s.len() == 2).filter_map(|(n, s)| n.strip_suffix(".weight").map(|m| (m, s.as_slice()))).collect();
         let is_linear = |m: &str| m != "lm_head" && !m.ends_with("embed_tokens");
-        let selected: Vec<&str> = modules
-            .keys()
-            .copied()
-            .filter(|m| cfg.targets(m, is_linear(m)))
-            .collect();
+        let selected: Vec<&str> = modules.keys().copied().filter(|m| cfg.targets(m, is_linear(m))).collect();
         if selected.is_empty() {
             return Err(CraftError::Invalid(format!(
                 "`{}`: `target_modules` selects no module of `{}` (its linear layers are named like `{}`)",
@@ -373,22 +310,11 @@ impl Merge {
         let h = base.config.hidden_size;
         let mut loras = BTreeMap::new();
         for (module, lm) in &adapter.modules {
-            let target = Self::check_module(
-                base,
-                &adapter,
-                &weights_path,
-                module,
-                lm,
-                modules.get(module.as_str()).copied(),
-                h,
-                &is_linear,
-            )?;
+            let target =
+                Self::check_module(base, &adapter, &weights_path, module, lm, modules.get(module.as_str()).copied(), h, &is_linear)?;
             loras.insert(format!("{module}.weight"), target);
         }
-        let missing: Vec<&&str> = selected
-            .iter()
-            .filter(|m| !adapter.modules.contains_key(**m))
-            .collect();
+        let missing: Vec<&&str> = selected.iter().filter(|m| !adapter.modules.contains_key(**m)).collect();
         if let Some(first) = missing.first() {
             warnings.push(format!(
                 "`target_modules` also selects {} module(s) the adapter holds no LoRA weights for (first: `{first}`); they are left unchanged, as PEFT leaves them",
@@ -398,40 +324,29 @@ impl Merge {
 
         // Whole tensors: modules_to_save and biases from the adapter, then the extra files.
         let mut replaced: BTreeMap<String, Source> = BTreeMap::new();
-        let mut place =
-            |name: String, src: Source, t: &TensorInfo, file: &Path| -> Result<(), CraftError> {
-                let bad = |p: String| {
-                    CraftError::Invalid(format!("`{}`: tensor `{}` {p}", file.display(), t.name))
-                };
-                let Some(b_shape) = shapes.get(&name) else {
-                    return Err(bad(format!(
-                        "has no counterpart `{name}` in `{}`",
-                        base.dir.display()
-                    )));
-                };
-                if *b_shape != t.shape {
-                    return Err(bad(format!(
-                        "has shape {} but `{name}` in the base is {}",
-                        pesc_tensor::shape_str(&t.shape),
-                        pesc_tensor::shape_str(b_shape)
-                    )));
-                }
-                if !t.dtype.is_compute_float() {
-                    return Err(bad(format!(
-                        "has dtype {}; expected F32, F16 or BF16",
-                        t.dtype
-                    )));
-                }
-                if loras.contains_key(&name) && matches!(src, Source::Adapter(_)) {
-                    return Err(bad("is saved whole and also has LoRA weights".into()));
-                }
-                if replaced.insert(name.clone(), src).is_some() {
-                    return Err(bad(format!(
-                        "replaces `{name}`, which another file already replaces"
-                    )));
-                }
-                Ok(())
+        let mut place = |name: String, src: Source, t: &TensorInfo, file: &Path| -> Result<(), CraftError> {
+            let bad = |p: String| CraftError::Invalid(format!("`{}`: tensor `{}` {p}", file.display(), t.name));
+            let Some(b_shape) = shapes.get(&name) else {
+                return Err(bad(format!("has no counterpart `{name}` in `{}`", base.dir.display())));
             };
+            if *b_shape != t.shape {
+                return Err(bad(format!(
+                    "has shape {} but `{name}` in the base is {}",
+                    pesc_tensor::shape_str(&t.shape),
+                    pesc_tensor::shape_str(b_shape)
+                )));
+            }
+            if !t.dtype.is_compute_float() {
+                return Err(bad(format!("has dtype {}; expected F32, F16 or BF16", t.dtype)));
+            }
+            if loras.contains_key(&name) && matches!(src, Source::Adapter(_)) {
+                return Err(bad("is saved whole and also has LoRA weights".into()));
+            }
+            if replaced.insert(name.clone(), src).is_some() {
+                return Err(bad(format!("replaces `{name}`, which another file already replaces")));
+            }
+            Ok(())
+        };
         for (name, t) in &adapter.whole {
             let module = name.rsplit_once('.').map_or(name.as_str(), |(m, _)| m);
             let bias_ok = cfg.bias != "none" && name.ends_with(".bias");
@@ -448,32 +363,19 @@ impl Merge {
         }
         for (fi, f) in extras.iter().enumerate() {
             if f.tensors().is_empty() {
-                return Err(CraftError::Invalid(format!(
-                    "`{}` holds no tensors",
-                    f.path().display()
-                )));
+                return Err(CraftError::Invalid(format!("`{}` holds no tensors", f.path().display())));
             }
             for t in f.tensors() {
                 file_finite(f, t)?;
-                place(
-                    base_name(base, &t.name),
-                    Source::Extra(fi, t.clone()),
-                    t,
-                    f.path(),
-                )?;
+                place(base_name(base, &t.name), Source::Extra(fi, t.clone()), t, f.path())?;
             }
         }
         if loras.is_empty() && replaced.is_empty() {
-            return Err(CraftError::Invalid(format!(
-                "`{}` holds no LoRA weights",
-                weights_path.display()
-            )));
+            return Err(CraftError::Invalid(format!("`{}` holds no LoRA weights", weights_path.display())));
         }
         if let (Some(a), Some(b)) = (&cfg.base_model, crate::card::hub_id(base)) {
             if a != &b {
-                warnings.push(format!(
-                    "the adapter names base model `{a}`, but the base folder says `{b}`"
-                ));
+                warnings.push(format!("the adapter names base model `{a}`, but the base folder says `{b}`"));
             }
         }
         Ok(Merge {
@@ -503,41 +405,28 @@ impl Merge {
         is_linear: &dyn Fn(&str) -> bool,
     ) -> Result<LoraTarget, CraftError> {
         let cfg = &adapter.config;
-        let bad = |p: String| {
-            CraftError::Invalid(format!("`{}`: module `{module}`: {p}", file.display()))
-        };
+        let bad = |p: String| CraftError::Invalid(format!("`{}`: module `{module}`: {p}", file.display()));
         let (Some(a), Some(b)) = (&lm.a, &lm.b) else {
-            let which = if lm.a.is_none() {
-                "lora_A.weight"
-            } else {
-                "lora_B.weight"
-            };
+            let which = if lm.a.is_none() { "lora_A.weight" } else { "lora_B.weight" };
             return Err(bad(format!("`{which}` is missing")));
         };
         let Some(w) = weight else {
-            return Err(bad(format!(
-                "lands on no tensor of `{}` (there is no 2-D `{module}.weight`)",
-                base.dir.display()
-            )));
+            return Err(bad(format!("lands on no tensor of `{}` (there is no 2-D `{module}.weight`)", base.dir.display())));
         };
         if !cfg.targets(module, is_linear(module)) {
-            return Err(bad("has LoRA weights but `target_modules` (with exclude_modules, layers_to_transform, modules_to_save) does not select it".into()));
+            return Err(bad(
+                "has LoRA weights but `target_modules` (with exclude_modules, layers_to_transform, modules_to_save) does not select it"
+                    .into(),
+            ));
         }
         let scaling = cfg.scaling(module);
         let (out, inp) = (w[0], w[1]);
         let shape = pesc_tensor::shape_str;
         if a.shape.len() != 2 || b.shape.len() != 2 {
-            return Err(bad(format!(
-                "lora_A {} and lora_B {} must both be 2-D",
-                shape(&a.shape),
-                shape(&b.shape)
-            )));
+            return Err(bad(format!("lora_A {} and lora_B {} must both be 2-D", shape(&a.shape), shape(&b.shape))));
         }
         if a.shape[0] != scaling.r || b.shape[1] != scaling.r {
-            let from = scaling
-                .rank_key
-                .as_ref()
-                .map_or("`r`".to_owned(), |k| format!("rank_pattern `{k}`"));
+            let from = scaling.rank_key.as_ref().map_or("`r`".to_owned(), |k| format!("rank_pattern `{k}`"));
             return Err(bad(format!(
                 "rank mismatch: lora_A is {}, lora_B is {}, but the config gives r = {} ({from})",
                 shape(&a.shape),
@@ -554,37 +443,17 @@ impl Merge {
             )));
         }
         match (&lm.magnitude, cfg.use_dora) {
-            (None, true) => {
-                return Err(bad(
-                    "use_dora is set but `lora_magnitude_vector` is missing".into(),
-                ))
-            }
-            (Some(_), false) => {
-                return Err(bad(
-                    "has a `lora_magnitude_vector` but use_dora is not set".into()
-                ))
-            }
+            (None, true) => return Err(bad("use_dora is set but `lora_magnitude_vector` is missing".into())),
+            (Some(_), false) => return Err(bad("has a `lora_magnitude_vector` but use_dora is not set".into())),
             (Some(m), true) if m.shape != [out] => {
-                return Err(bad(format!(
-                    "lora_magnitude_vector is {} but the module has {out} outputs",
-                    shape(&m.shape)
-                )))
+                return Err(bad(format!("lora_magnitude_vector is {} but the module has {out} outputs", shape(&m.shape))))
             }
             _ => {}
         }
-        for t in [Some(a), Some(b), lm.magnitude.as_ref()]
-            .into_iter()
-            .flatten()
-        {
+        for t in [Some(a), Some(b), lm.magnitude.as_ref()].into_iter().flatten() {
             file_finite(&adapter.weights, t)?;
         }
-        Ok(LoraTarget {
-            module: module.into(),
-            a: a.clone(),
-            b: b.clone(),
-            magnitude: lm.magnitude.clone(),
-            scaling,
-        })
+        Ok(LoraTarget { module: module.into(), a: a.clone(), b: b.clone(), magnitude: lm.magnitude.clone(), scaling })
     }
 
     /// Base tensors whose values change.
@@ -603,18 +472,14 @@ impl Merge {
     /// The input files of the adapter side (for the manifest).
     #[must_use]
     pub fn input_files(&self) -> Vec<PathBuf> {
-        let mut v = vec![
-            self.adapter.config.path.clone(),
-            self.adapter.weights.path().to_path_buf(),
-        ];
+        let mut v = vec![self.adapter.config.path.clone(), self.adapter.weights.path().to_path_buf()];
         v.extend(self.extras.iter().map(|f| f.path().to_path_buf()));
         v
     }
 
     fn read_adapter(&self, t: &TensorInfo) -> Result<Vec<f32>, CraftError> {
         let bytes = self.adapter.weights.read(t)?;
-        pesc_tensor::to_f32(t.dtype, &bytes)
-            .ok_or_else(|| CraftError::Invalid(format!("tensor `{}`: not a float tensor", t.name)))
+        pesc_tensor::to_f32(t.dtype, &bytes).ok_or_else(|| CraftError::Invalid(format!("tensor `{}`: not a float tensor", t.name)))
     }
 
     /// The f32 values of base tensor `name` before any delta: the replacing tensor, or the base's.
@@ -624,24 +489,18 @@ impl Merge {
             Some(Source::Extra(i, t)) => (t.dtype, self.extras[*i].read(t)?),
             None => return Ok(base.read_f32(name)?),
         };
-        pesc_tensor::to_f32(dtype, &bytes)
-            .ok_or_else(|| CraftError::Invalid(format!("tensor `{name}`: not a float tensor")))
+        pesc_tensor::to_f32(dtype, &bytes).ok_or_else(|| CraftError::Invalid(format!("tensor `{name}`: not a float tensor")))
     }
 
     /// The merged f32 values of `name`, and its report row when it has a LoRA.
-    fn merged_values(
-        &self,
-        base: &Model,
-        name: &str,
-    ) -> Result<(Vec<f32>, Option<ReportRow>), CraftError> {
+    fn merged_values(&self, base: &Model, name: &str) -> Result<(Vec<f32>, Option<ReportRow>), CraftError> {
         let mut w = self.source_values(base, name)?;
         // An NF4 base's weights are dequant(NF4(W)) already, and W is unknown.
         let quantized = self.quantized.contains(name) && base.nf4(name).is_none();
         let lora = self.loras.get(name);
         let mut nf4_error_rms = None;
         if quantized && (self.onto == Onto::DequantizedNf4 || lora.is_some()) {
-            let q = nf4::roundtrip(&w, self.nf4)
-                .map_err(|e| CraftError::Invalid(format!("tensor `{name}`: NF4: {e}")))?;
+            let q = nf4::roundtrip(&w, self.nf4).map_err(|e| CraftError::Invalid(format!("tensor `{name}`: NF4: {e}")))?;
             nf4_error_rms = Some(rms(w.iter().zip(&q).map(|(a, b)| f64::from(a - b))));
             if self.onto == Onto::DequantizedNf4 {
                 w = q;
@@ -652,11 +511,7 @@ impl Merge {
             Some(t) => {
                 let a = self.read_adapter(&t.a)?;
                 let b = self.read_adapter(&t.b)?;
-                let (out, r, inp) = (
-                    to_usize(t.b.shape[0]),
-                    to_usize(t.scaling.r),
-                    to_usize(t.a.shape[1]),
-                );
+                let (out, r, inp) = (to_usize(t.b.shape[0]), to_usize(t.scaling.r), to_usize(t.a.shape[1]));
                 #[allow(clippy::cast_possible_truncation)]
                 let delta = lora_delta(&a, &b, out, r, inp, t.scaling.scale as f32);
                 let delta_rms = rms(delta.iter().map(|&d| f64::from(d)));
@@ -677,9 +532,7 @@ impl Merge {
             }
         };
         if w.iter().any(|x| !x.is_finite()) {
-            return Err(CraftError::Invalid(format!(
-                "tensor `{name}`: the merged weight holds NaN or Inf (the LoRA delta overflows)"
-            )));
+            return Err(CraftError::Invalid(format!("tensor `{name}`: the merged weight holds NaN or Inf (the LoRA delta overflows)")));
         }
         Ok((w, row))
     }
@@ -698,16 +551,8 @@ impl Merge {
             .tensors()
             .filter(|t| !t.name.ends_with(".rotary_emb.inv_freq") && !is_nf4_state(base, &t.name))
             .map(|t| match base.nf4(&t.name) {
-                Some(info) => TensorSpec {
-                    name: t.name.clone(),
-                    dtype: self.dtype.of(info.dtype),
-                    shape: info.shape.clone(),
-                },
-                None => TensorSpec {
-                    name: t.name.clone(),
-                    dtype: self.dtype.of(t.dtype),
-                    shape: t.shape.clone(),
-                },
+                Some(info) => TensorSpec { name: t.name.clone(), dtype: self.dtype.of(info.dtype), shape: info.shape.clone() },
+                None => TensorSpec { name: t.name.clone(), dtype: self.dtype.of(t.dtype), shape: t.shape.clone() },
             })
             .collect();
         let mut config = base.config.raw.clone();
@@ -773,19 +618,13 @@ impl ReportRow {
     /// larger than what the LoRA changes, and `--onto` matters.
     #[must_use]
     pub fn ratio(&self) -> Option<f64> {
-        self.nf4_error_rms
-            .filter(|_| self.delta_rms > 0.0)
-            .map(|q| q / self.delta_rms)
+        self.nf4_error_rms.filter(|_| self.delta_rms > 0.0).map(|q| q / self.delta_rms)
     }
 }
 
 /// `model.layers.{i}.` -> `i`.
 fn layer_of(name: &str) -> Option<u64> {
-    name.strip_prefix("model.layers.")?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
+    name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
 }
 
 fn to_usize(n: u64) -> usize {
@@ -813,9 +652,7 @@ pub fn lora_delta(a: &[f32], b: &[f32], out: usize, r: usize, inp: usize, scale:
     if inp == 0 {
         return delta;
     }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(out.max(1));
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(out.max(1));
     let rows_per = out.div_ceil(threads).max(1);
     std::thread::scope(|s| {
         for (ci, chunk) in delta.chunks_mut(rows_per * inp).enumerate() {
@@ -843,11 +680,7 @@ pub fn lora_delta(a: &[f32], b: &[f32], out: usize, r: usize, inp: usize, scale:
 fn apply_dora(w: &mut [f32], m: &[f32], inp: usize) {
     for (row, &mo) in w.chunks_mut(inp).zip(m) {
         #[allow(clippy::cast_possible_truncation)]
-        let norm = row
-            .iter()
-            .map(|&x| f64::from(x) * f64::from(x))
-            .sum::<f64>()
-            .sqrt() as f32;
+        let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
         let factor = mo / norm;
         for x in row.iter_mut() {
             *x *= factor;
@@ -865,10 +698,7 @@ mod tests {
         let b = [1.0, 2.0, 0.0, -1.0, 0.5, 0.5];
         let a = [1.0, 0.0, 2.0, -1.0, 0.0, 1.0, 1.0, 3.0];
         let d = lora_delta(&a, &b, 3, 2, 4, 2.0);
-        assert_eq!(
-            d,
-            vec![2.0, 4.0, 8.0, 10.0, 0.0, -2.0, -2.0, -6.0, 1.0, 1.0, 3.0, 2.0]
-        );
+        assert_eq!(d, vec![2.0, 4.0, 8.0, 10.0, 0.0, -2.0, -2.0, -6.0, 1.0, 1.0, 3.0, 2.0]);
     }
 
     #[test]

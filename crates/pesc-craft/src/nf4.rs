@@ -40,9 +40,7 @@ fn model_dtype(model: &Model) -> &'static str {
         Some("float32") => "float32",
         Some("float16") => "float16",
         Some("bfloat16") => "bfloat16",
-        _ => crate::StoreDType::torch_name(
-            model.weights.get("model.embed_tokens.weight").map_or(DType::F32, |t| t.dtype),
-        ),
+        _ => crate::StoreDType::torch_name(model.weights.get("model.embed_tokens.weight").map_or(DType::F32, |t| t.dtype)),
     }
 }
 
@@ -205,9 +203,7 @@ pub fn quantize_nf4(
             }) else {
                 return crate::folder::emit_tensor(model, &spec.name, spec.dtype, w);
             };
-            let (q, written) = pending
-                .get_mut(base)
-                .ok_or_else(|| CraftError::Invalid(format!("tensor `{base}` was not quantized")))?;
+            let (q, written) = pending.get_mut(base).ok_or_else(|| CraftError::Invalid(format!("tensor `{base}` was not quantized")))?;
             let bytes = match (piece, q.absmax()) {
                 ("", _) => q.packed().to_vec(),
                 ("absmax", Absmax::Plain(a)) => f32_bytes(a),

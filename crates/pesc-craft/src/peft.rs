@@ -50,28 +50,14 @@ impl ModuleSelector {
     fn parse(file: &Path, field: &str, v: &Value) -> Result<Self, CraftError> {
         match v {
             Value::String(s) if s == "all-linear" => Ok(ModuleSelector::AllLinear),
-            Value::String(s) => Ok(ModuleSelector::Regex(
-                s.clone(),
-                regex(file, field, &format!(r"\A(?:{s})\z"))?,
-            )),
+            Value::String(s) => Ok(ModuleSelector::Regex(s.clone(), regex(file, field, &format!(r"\A(?:{s})\z"))?)),
             Value::Array(items) => {
-                let names = items
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_owned))
-                    .collect::<Option<Vec<_>>>();
-                names.map(ModuleSelector::List).ok_or_else(|| {
-                    field_error(
-                        file,
-                        field,
-                        "must be a list of module names or a regular expression",
-                    )
-                })
+                let names = items.iter().map(|x| x.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>();
+                names
+                    .map(ModuleSelector::List)
+                    .ok_or_else(|| field_error(file, field, "must be a list of module names or a regular expression"))
             }
-            _ => Err(field_error(
-                file,
-                field,
-                "must be a list of module names or a regular expression",
-            )),
+            _ => Err(field_error(file, field, "must be a list of module names or a regular expression")),
         }
     }
 
@@ -89,10 +75,7 @@ impl ModuleSelector {
 
 /// `key == name` or `key` ends with `.name`.
 fn ends_with_module(key: &str, name: &str) -> bool {
-    key == name
-        || key
-            .strip_suffix(name)
-            .is_some_and(|rest| rest.ends_with('.'))
+    key == name || key.strip_suffix(name).is_some_and(|rest| rest.ends_with('.'))
 }
 
 /// A pattern override (`rank_pattern`, `alpha_pattern`): the first key `k`
@@ -105,10 +88,7 @@ pub struct Pattern<T> {
 impl<T: Copy> Pattern<T> {
     /// The override for `module` and the key that gave it.
     fn lookup(&self, module: &str) -> Option<(&str, T)> {
-        self.entries
-            .iter()
-            .find(|(_, re, _)| re.is_match(module).unwrap_or(false))
-            .map(|(k, _, v)| (k.as_str(), *v))
+        self.entries.iter().find(|(_, re, _)| re.is_match(module).unwrap_or(false)).map(|(k, _, v)| (k.as_str(), *v))
     }
 }
 
@@ -154,13 +134,7 @@ fn field_error(file: &Path, field: &str, problem: &str) -> CraftError {
 }
 
 fn regex(file: &Path, field: &str, pattern: &str) -> Result<Regex, CraftError> {
-    Regex::new(pattern).map_err(|e| {
-        field_error(
-            file,
-            field,
-            &format!("is not a regular expression this tool can compile: {e}"),
-        )
-    })
+    Regex::new(pattern).map_err(|e| field_error(file, field, &format!("is not a regular expression this tool can compile: {e}")))
 }
 
 /// Replaces the bare `NaN`, `Infinity` and `-Infinity` tokens Python's `json`
@@ -172,10 +146,7 @@ fn quote_python_floats(text: &str) -> String {
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
         if !in_string {
-            if let Some(tok) = ["-Infinity", "Infinity", "NaN"]
-                .into_iter()
-                .find(|t| rest.starts_with(t))
-            {
+            if let Some(tok) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t)) {
                 out.push('"');
                 out.push_str(tok);
                 out.push('"');
@@ -208,11 +179,7 @@ fn alpha_value(file: &Path, field: &str, v: &Value) -> Result<f64, CraftError> {
         _ => return Err(field_error(file, field, "must be a number")),
     };
     if !a.is_finite() || a == 0.0 {
-        return Err(field_error(
-            file,
-            field,
-            &format!("is {v}; it must be a finite, non-zero number"),
-        ));
+        return Err(field_error(file, field, &format!("is {v}; it must be a finite, non-zero number")));
     }
     Ok(a)
 }
@@ -220,17 +187,9 @@ fn alpha_value(file: &Path, field: &str, v: &Value) -> Result<f64, CraftError> {
 /// A rank field: a positive integer.
 fn rank_value(file: &Path, field: &str, v: &Value) -> Result<u64, CraftError> {
     match v.as_u64() {
-        Some(0) => Err(field_error(
-            file,
-            field,
-            "is 0; a LoRA rank must be at least 1",
-        )),
+        Some(0) => Err(field_error(file, field, "is 0; a LoRA rank must be at least 1")),
         Some(r) => Ok(r),
-        None => Err(field_error(
-            file,
-            field,
-            &format!("is {v}; it must be a positive integer"),
-        )),
+        None => Err(field_error(file, field, &format!("is {v}; it must be a positive integer"))),
     }
 }
 
@@ -243,11 +202,7 @@ fn bool_field(file: &Path, cfg: &Map<String, Value>, field: &str) -> Result<bool
 }
 
 /// A field that is a string or a list of strings (null: empty).
-fn strings_field(
-    file: &Path,
-    cfg: &Map<String, Value>,
-    field: &str,
-) -> Result<Vec<String>, CraftError> {
+fn strings_field(file: &Path, cfg: &Map<String, Value>, field: &str) -> Result<Vec<String>, CraftError> {
     match cfg.get(field) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
@@ -256,11 +211,7 @@ fn strings_field(
             .map(|x| x.as_str().map(str::to_owned))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| field_error(file, field, "must be a string or a list of strings")),
-        Some(_) => Err(field_error(
-            file,
-            field,
-            "must be a string or a list of strings",
-        )),
+        Some(_) => Err(field_error(file, field, "must be a string or a list of strings")),
     }
 }
 
@@ -276,11 +227,7 @@ fn pattern<T>(
         Some(Value::Object(map)) => {
             for (k, v) in map {
                 let f = format!("{field}.{k}");
-                entries.push((
-                    k.clone(),
-                    regex(file, &f, &format!(r"\A(?:.*\.)?(?:{k})\z"))?,
-                    value(file, &f, v)?,
-                ));
+                entries.push((k.clone(), regex(file, &f, &format!(r"\A(?:.*\.)?(?:{k})\z"))?, value(file, &f, v)?));
             }
         }
         Some(_) => return Err(field_error(file, field, "must be an object")),
@@ -302,16 +249,11 @@ impl LoraConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, CraftError> {
         let bytes = pesc_io::read_capped(path, MAX_CONFIG_BYTES)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| CraftError::Invalid(format!("`{}` is not UTF-8", path.display())))?;
-        let value = pesc_io::parse_strict(quote_python_floats(&text).as_bytes()).map_err(|e| {
-            CraftError::Invalid(format!("`{}` is not valid JSON: {e}", path.display()))
-        })?;
+        let text = String::from_utf8(bytes).map_err(|_| CraftError::Invalid(format!("`{}` is not UTF-8", path.display())))?;
+        let value = pesc_io::parse_strict(quote_python_floats(&text).as_bytes())
+            .map_err(|e| CraftError::Invalid(format!("`{}` is not valid JSON: {e}", path.display())))?;
         let Value::Object(cfg) = value else {
-            return Err(CraftError::Invalid(format!(
-                "`{}` is not a JSON object",
-                path.display()
-            )));
+            return Err(CraftError::Invalid(format!("`{}` is not a JSON object", path.display())));
         };
         Self::parse(path, &cfg)
     }
@@ -322,32 +264,16 @@ impl LoraConfig {
             return Err(field_error(
                 path,
                 "peft_type",
-                &format!(
-                    "is {}; only LORA adapters can be merged",
-                    cfg.get("peft_type").unwrap_or(&Value::Null)
-                ),
+                &format!("is {}; only LORA adapters can be merged", cfg.get("peft_type").unwrap_or(&Value::Null)),
             ));
         }
-        if let Some(field) = UNSUPPORTED
-            .iter()
-            .find(|f| cfg.get(**f).is_some_and(is_set))
-        {
-            return Err(field_error(
-                path,
-                field,
-                "is set: this LoRA variant is not supported by merge-lora",
-            ));
+        if let Some(field) = UNSUPPORTED.iter().find(|f| cfg.get(**f).is_some_and(is_set)) {
+            return Err(field_error(path, field, "is set: this LoRA variant is not supported by merge-lora"));
         }
         let r = rank_value(path, "r", cfg.get("r").unwrap_or(&Value::Null))?;
-        let alpha = alpha_value(
-            path,
-            "lora_alpha",
-            cfg.get("lora_alpha").unwrap_or(&Value::Null),
-        )?;
+        let alpha = alpha_value(path, "lora_alpha", cfg.get("lora_alpha").unwrap_or(&Value::Null))?;
         let target = match cfg.get("target_modules") {
-            None | Some(Value::Null) => {
-                return Err(field_error(path, "target_modules", "is missing"))
-            }
+            None | Some(Value::Null) => return Err(field_error(path, "target_modules", "is missing")),
             Some(v) => ModuleSelector::parse(path, "target_modules", v)?,
         };
         let exclude = match cfg.get("exclude_modules") {
@@ -360,44 +286,20 @@ impl LoraConfig {
                 .iter()
                 .map(Value::as_u64)
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    field_error(
-                        path,
-                        "layers_to_transform",
-                        "must be a layer index or a list of them",
-                    )
-                })?,
-            Some(v) => vec![v.as_u64().ok_or_else(|| {
-                field_error(
-                    path,
-                    "layers_to_transform",
-                    "must be a layer index or a list of them",
-                )
-            })?],
+                .ok_or_else(|| field_error(path, "layers_to_transform", "must be a layer index or a list of them"))?,
+            Some(v) => {
+                vec![v.as_u64().ok_or_else(|| field_error(path, "layers_to_transform", "must be a layer index or a list of them"))?]
+            }
         };
         let bias = match cfg.get("bias") {
             None | Some(Value::Null) => "none".to_owned(),
-            Some(Value::String(s)) if ["none", "all", "lora_only"].contains(&s.as_str()) => {
-                s.clone()
-            }
-            Some(v) => {
-                return Err(field_error(
-                    path,
-                    "bias",
-                    &format!("is {v}; expected none, all or lora_only"),
-                ))
-            }
+            Some(Value::String(s)) if ["none", "all", "lora_only"].contains(&s.as_str()) => s.clone(),
+            Some(v) => return Err(field_error(path, "bias", &format!("is {v}; expected none, all or lora_only"))),
         };
         let quantization = match cfg.get("quantization_config") {
             None | Some(Value::Null) => None,
             Some(Value::Object(q)) => Some(q.clone()),
-            Some(_) => {
-                return Err(field_error(
-                    path,
-                    "quantization_config",
-                    "must be an object",
-                ))
-            }
+            Some(_) => return Err(field_error(path, "quantization_config", "must be an object")),
         };
         Ok(LoraConfig {
             path: path.into(),
@@ -414,10 +316,7 @@ impl LoraConfig {
             rank_pattern: pattern(path, cfg, "rank_pattern", rank_value)?,
             alpha_pattern: pattern(path, cfg, "alpha_pattern", alpha_value)?,
             modules_to_save: strings_field(path, cfg, "modules_to_save")?,
-            base_model: cfg
-                .get("base_model_name_or_path")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            base_model: cfg.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_owned),
             quantization,
         })
     }
@@ -449,20 +348,11 @@ impl LoraConfig {
         let patterns: Vec<String> = if self.layers_pattern.is_empty() {
             vec![r"\A.*?\.[^.]*\.(\d+)\.".to_owned()]
         } else {
-            self.layers_pattern
-                .iter()
-                .map(|p| format!(r"\A(?:.*?\.)?{p}\.(\d+)\."))
-                .collect()
+            self.layers_pattern.iter().map(|p| format!(r"\A(?:.*?\.)?{p}\.(\d+)\.")).collect()
         };
         patterns.iter().find_map(|p| {
             let re = Regex::new(p).ok()?;
-            re.captures(key)
-                .ok()
-                .flatten()?
-                .get(1)?
-                .as_str()
-                .parse()
-                .ok()
+            re.captures(key).ok().flatten()?.get(1)?.as_str().parse().ok()
         })
     }
 
@@ -470,27 +360,16 @@ impl LoraConfig {
     /// other than the output layer, for `all-linear`).
     #[must_use]
     pub fn targets(&self, key: &str, linear: bool) -> bool {
-        if self
-            .exclude
-            .as_ref()
-            .is_some_and(|e| e.matches(key, linear))
-            || self.saved_whole(key)
-        {
+        if self.exclude.as_ref().is_some_and(|e| e.matches(key, linear)) || self.saved_whole(key) {
             return false;
         }
         let found = self.target.matches(key, linear);
         // PEFT applies layers_to_transform only to a list of names, and not to a name listed in full.
-        let exact =
-            matches!(&self.target, ModuleSelector::List(names) if names.iter().any(|n| n == key));
-        if !found
-            || exact
-            || self.layers.is_empty()
-            || matches!(self.target, ModuleSelector::Regex(..))
-        {
+        let exact = matches!(&self.target, ModuleSelector::List(names) if names.iter().any(|n| n == key));
+        if !found || exact || self.layers.is_empty() || matches!(self.target, ModuleSelector::Regex(..)) {
             return found;
         }
-        self.layer_index(key)
-            .is_some_and(|i| self.layers.contains(&i))
+        self.layer_index(key).is_some_and(|i| self.layers.contains(&i))
     }
 
     /// Rank, alpha and scale of module `key`, with the pattern keys that set them.
@@ -502,18 +381,8 @@ impl LoraConfig {
         let a = alpha.map_or(self.alpha, |(_, a)| a);
         #[allow(clippy::cast_precision_loss)]
         let rf = r as f64;
-        let scale = if self.use_rslora {
-            a / rf.sqrt()
-        } else {
-            a / rf
-        };
-        Scaling {
-            r,
-            alpha: a,
-            scale,
-            rank_key: rank.map(|(k, _)| k.to_owned()),
-            alpha_key: alpha.map(|(k, _)| k.to_owned()),
-        }
+        let scale = if self.use_rslora { a / rf.sqrt() } else { a / rf };
+        Scaling { r, alpha: a, scale, rank_key: rank.map(|(k, _)| k.to_owned()), alpha_key: alpha.map(|(k, _)| k.to_owned()) }
     }
 }
 
@@ -564,10 +433,7 @@ impl PeftAdapter {
     pub fn open(dir: &Path) -> Result<Self, CraftError> {
         let config_path = dir.join(ADAPTER_CONFIG);
         if !config_path.is_file() {
-            return Err(CraftError::Invalid(format!(
-                "`{}` has no `{ADAPTER_CONFIG}`: not a PEFT adapter folder",
-                dir.display()
-            )));
+            return Err(CraftError::Invalid(format!("`{}` has no `{ADAPTER_CONFIG}`: not a PEFT adapter folder", dir.display())));
         }
         pesc_io::confined(dir, &config_path)?;
         let config = LoraConfig::load(&config_path)?;
@@ -580,33 +446,20 @@ impl PeftAdapter {
                     pickled.display()
                 )));
             }
-            return Err(CraftError::Invalid(format!(
-                "`{}` has no `{ADAPTER_WEIGHTS}`",
-                dir.display()
-            )));
+            return Err(CraftError::Invalid(format!("`{}` has no `{ADAPTER_WEIGHTS}`", dir.display())));
         }
         pesc_io::confined(dir, &weights_path)?;
         let weights = SafetensorsFile::open(&weights_path)?;
         let mut modules: BTreeMap<String, LoraModule> = BTreeMap::new();
         let mut whole = BTreeMap::new();
         for t in weights.tensors() {
-            let bad = |problem: &str| {
-                CraftError::Invalid(format!(
-                    "`{}`: tensor `{}` {problem}",
-                    weights_path.display(),
-                    t.name
-                ))
-            };
-            let name = t.name.strip_prefix(PEFT_PREFIX).ok_or_else(|| {
-                bad(&format!(
-                    "does not start with `{PEFT_PREFIX}`, as PEFT names every saved tensor"
-                ))
-            })?;
+            let bad = |problem: &str| CraftError::Invalid(format!("`{}`: tensor `{}` {problem}", weights_path.display(), t.name));
+            let name = t
+                .name
+                .strip_prefix(PEFT_PREFIX)
+                .ok_or_else(|| bad(&format!("does not start with `{PEFT_PREFIX}`, as PEFT names every saved tensor")))?;
             if !t.dtype.is_compute_float() {
-                return Err(bad(&format!(
-                    "has dtype {}; expected F32, F16 or BF16",
-                    t.dtype
-                )));
+                return Err(bad(&format!("has dtype {}; expected F32, F16 or BF16", t.dtype)));
             }
             let slot = |suffix: &str| name.strip_suffix(suffix).map(str::to_owned);
             if let Some(m) = slot(".lora_A.weight") {
@@ -621,13 +474,7 @@ impl PeftAdapter {
                 whole.insert(name.to_owned(), t.clone());
             }
         }
-        Ok(PeftAdapter {
-            dir: dir.into(),
-            config,
-            weights,
-            modules,
-            whole,
-        })
+        Ok(PeftAdapter { dir: dir.into(), config, weights, modules, whole })
     }
 }
 
@@ -643,14 +490,8 @@ mod tests {
 
     #[test]
     fn python_floats_become_named_field_errors() {
-        assert_eq!(
-            quote_python_floats(r#"{"a": NaN, "b": "NaN x", "c": -Infinity}"#),
-            r#"{"a": "NaN", "b": "NaN x", "c": "-Infinity"}"#
-        );
-        let e = config(
-            json!({"peft_type": "LORA", "r": 4, "lora_alpha": "NaN", "target_modules": ["q_proj"]}),
-        )
-        .unwrap_err();
+        assert_eq!(quote_python_floats(r#"{"a": NaN, "b": "NaN x", "c": -Infinity}"#), r#"{"a": "NaN", "b": "NaN x", "c": "-Infinity"}"#);
+        let e = config(json!({"peft_type": "LORA", "r": 4, "lora_alpha": "NaN", "target_modules": ["q_proj"]})).unwrap_err();
         assert!(e.to_string().contains("`lora_alpha` is \"NaN\""), "{e}");
     }
 
@@ -681,8 +522,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_field() {
-        let base =
-            json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]});
+        let base = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]});
         let with = |k: &str, v: Value| {
             let mut b = base.clone();
             b[k] = v;
@@ -692,7 +532,6 @@ mod tests {
         assert!(with("lora_alpha", json!(0)).contains("`lora_alpha` is 0"));
         assert!(with("peft_type", json!("IA3")).contains("only LORA"));
         assert!(with("use_qalora", json!(true)).contains("`use_qalora` is set"));
-        assert!(with("target_modules", json!("(unclosed"))
-            .contains("`target_modules` is not a regular expression"));
+        assert!(with("target_modules", json!("(unclosed")).contains("`target_modules` is not a regular expression"));
     }
 }

@@ -7,7 +7,13 @@ use pesc_io::{write_weights, OutputDir, TensorSpec};
 
 /// Writes every tensor of `model` into `out` with the given dtype policy and
 /// shard size, plus its `config.json` (dtype updated when it changes).
-pub fn reshard(model: &Model, out: &mut OutputDir, dtype: StoreDType, shard_size: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<(), CraftError> {
+pub fn reshard(
+    model: &Model,
+    out: &mut OutputDir,
+    dtype: StoreDType,
+    shard_size: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), CraftError> {
     let specs: Vec<TensorSpec> = model
         .weights
         .tensors()

@@ -69,7 +69,13 @@ pub fn mixtral_config(model: &Model, p: &UpcycleParams) -> serde_json::Map<Strin
 }
 
 /// Writes the upcycled weights and `config.json` into `out`.
-pub fn upcycle(model: &Model, out: &mut OutputDir, p: &UpcycleParams, shard_size: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<(), CraftError> {
+pub fn upcycle(
+    model: &Model,
+    out: &mut OutputDir,
+    p: &UpcycleParams,
+    shard_size: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), CraftError> {
     validate_upcycle(model, p)?;
     let c = &model.config;
     let is_dense_mlp = |n: &str| n.contains(".mlp.") && n.starts_with("model.layers.");

@@ -116,10 +116,7 @@ impl Checkpoint {
                 Some(&(fi, _)) if file_name(ck.files[fi].path()) != *shard => {
                     return Err(Error::IndexMismatch {
                         path: index_path.into(),
-                        problem: format!(
-                            "tensor `{tensor}` is mapped to `{shard}` but stored in `{}`",
-                            file_name(ck.files[fi].path())
-                        ),
+                        problem: format!("tensor `{tensor}` is mapped to `{shard}` but stored in `{}`", file_name(ck.files[fi].path())),
                     })
                 }
                 Some(_) => {}
@@ -212,10 +209,8 @@ impl Checkpoint {
     }
 
     fn locate(&self, name: &str) -> Result<(&SafetensorsFile, &TensorInfo)> {
-        let &(f, t) = self.by_name.get(name).ok_or_else(|| Error::NoWeights {
-            path: self.dir.clone(),
-            problem: format!("no tensor `{name}`"),
-        })?;
+        let &(f, t) =
+            self.by_name.get(name).ok_or_else(|| Error::NoWeights { path: self.dir.clone(), problem: format!("no tensor `{name}`") })?;
         Ok((&self.files[f], &self.files[f].tensors()[t]))
     }
 

@@ -20,8 +20,8 @@ pub use checkpoint::{confined, read_capped, refuse_pickle_name, Checkpoint, INDE
 pub use error::{Error, Result};
 pub use json::parse_strict;
 pub use output::{
-    check_sha256sums, hash_file, interrupt, interrupted, remove_stale_staging, sort_keys, verify_manifest, write_file_atomic, FileDigest, ManifestCheck, OutputDir, OutputFile, RunRecord,
-    MANIFEST, SHA256SUMS,
+    check_sha256sums, hash_file, interrupt, interrupted, remove_stale_staging, sort_keys, verify_manifest, write_file_atomic, FileDigest,
+    ManifestCheck, OutputDir, OutputFile, RunRecord, MANIFEST, SHA256SUMS,
 };
 pub use safetensors::{SafetensorsFile, TensorInfo};
 pub use writer::{parse_size, write_weights, TensorSpec, DEFAULT_SHARD_SIZE};

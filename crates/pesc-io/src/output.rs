@@ -228,9 +228,7 @@ impl OutputDir {
             }
         }
         match fs::symlink_metadata(&target_abs) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(bad("is a symlink; refusing to write through it".into()))
-            }
+            Ok(m) if m.file_type().is_symlink() => return Err(bad("is a symlink; refusing to write through it".into())),
             Ok(m) if !force => {
                 let _ = m;
                 return Err(Error::OutputExists { path: target.into() });
@@ -240,9 +238,7 @@ impl OutputDir {
         }
         let stem = name.to_string_lossy();
         remove_stale_staging(&parent, &stem);
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let staging = parent.join(format!(".{stem}.pesc-staging-{}-{nonce:08x}", std::process::id()));
         fs::create_dir(&staging).at(&staging)?;
         Ok(OutputDir { target: target_abs, staging, force, files: BTreeMap::new(), committed: false })
@@ -306,11 +302,8 @@ impl OutputDir {
         sync_dir(&self.staging)?;
         let parent = self.target.parent().map(Path::to_path_buf).unwrap_or_default();
         if self.force && fs::symlink_metadata(&self.target).is_ok() {
-            let old = parent.join(format!(
-                ".{}.pesc-old-{}",
-                self.target.file_name().unwrap_or_default().to_string_lossy(),
-                std::process::id()
-            ));
+            let old =
+                parent.join(format!(".{}.pesc-old-{}", self.target.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
             fs::rename(&self.target, &old).at(&self.target)?;
             if let Err(e) = fs::rename(&self.staging, &self.target) {
                 let _ = fs::rename(&old, &self.target);

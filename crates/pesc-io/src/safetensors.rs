@@ -70,9 +70,7 @@ impl SafetensorsFile {
             return Err(Error::io(path, std::io::Error::other("not a regular file")));
         }
         match Self::validate(path, &file, meta.len()) {
-            Ok((tensors, metadata)) => {
-                Ok(SafetensorsFile { path: path.to_owned(), file, tensors, metadata })
-            }
+            Ok((tensors, metadata)) => Ok(SafetensorsFile { path: path.to_owned(), file, tensors, metadata }),
             // Only a file whose framing is unreadable may be something else in disguise.
             Err(
                 e @ (Error::HeaderTooSmall { .. }
@@ -153,9 +151,7 @@ impl SafetensorsFile {
 
     /// Streams a tensor's bytes into `out` in chunks of at most 8 MiB.
     pub fn copy_to(&self, t: &TensorInfo, out: &mut dyn Write) -> Result<()> {
-        self.for_each_chunk(t, 8 << 20, &mut |chunk| {
-            out.write_all(chunk).map_err(|e| crate::output::write_error(Path::new("<output>"), e))
-        })
+        self.for_each_chunk(t, 8 << 20, &mut |chunk| out.write_all(chunk).map_err(|e| crate::output::write_error(Path::new("<output>"), e)))
     }
 
     /// Calls `f` on consecutive pieces of a tensor's bytes, each at most
@@ -256,12 +252,7 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 fn parse_entry(path: &Path, name: String, entry: Value, data_start: u64) -> Result<TensorInfo> {
-    let field_err = |field: &str, problem: String| Error::Field {
-        path: path.into(),
-        tensor: name.clone(),
-        field: field.into(),
-        problem,
-    };
+    let field_err = |field: &str, problem: String| Error::Field { path: path.into(), tensor: name.clone(), field: field.into(), problem };
     let Value::Object(map) = entry else {
         return Err(field_err("<entry>", format!("is {}, not an object", kind_of(&entry))));
     };
@@ -270,8 +261,7 @@ fn parse_entry(path: &Path, name: String, entry: Value, data_start: u64) -> Resu
     }
     let dtype = match map.get("dtype") {
         None => return Err(field_err("dtype", "is missing".into())),
-        Some(Value::String(s)) => DType::from_safetensors(s)
-            .ok_or_else(|| field_err("dtype", format!("has unsupported value {s:?}")))?,
+        Some(Value::String(s)) => DType::from_safetensors(s).ok_or_else(|| field_err("dtype", format!("has unsupported value {s:?}")))?,
         Some(v) => return Err(field_err("dtype", format!("is {}, not a string", kind_of(v)))),
     };
     let shape = match map.get("shape") {
@@ -298,12 +288,8 @@ fn parse_entry(path: &Path, name: String, entry: Value, data_start: u64) -> Resu
     if end < start {
         return Err(field_err("data_offsets", format!("end {end} is before start {start}")));
     }
-    let nbytes = dtype.nbytes(&shape).map_err(|_| Error::Overflow {
-        path: path.into(),
-        tensor: name.clone(),
-        shape: shape_str(&shape),
-        dtype,
-    })?;
+    let nbytes =
+        dtype.nbytes(&shape).map_err(|_| Error::Overflow { path: path.into(), tensor: name.clone(), shape: shape_str(&shape), dtype })?;
     if end - start != nbytes {
         return Err(Error::TensorSize {
             path: path.into(),
@@ -355,11 +341,8 @@ fn diagnose(path: &Path, file: &File) -> Option<Error> {
     f.take(512).read_to_end(&mut head).ok()?;
     if let Some(text) = head.strip_prefix(b"version https://git-lfs.github.com/spec/") {
         let text = String::from_utf8_lossy(text);
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
-                .unwrap_or_else(|| "unknown".into())
-        };
+        let field =
+            |key: &str| text.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned())).unwrap_or_else(|| "unknown".into());
         return Some(Error::LfsPointer { path: path.into(), oid: field("oid "), size: field("size ") });
     }
     pickle_kind(&head).map(|kind| Error::Pickle { path: path.into(), kind })
@@ -402,7 +385,11 @@ pub fn encode_header(tensors: &[(&str, DType, &[u64], u64)], metadata: &BTreeMap
 }
 
 /// Writes a complete single-file safetensors to `out` (tests and small files).
-pub fn write_all(out: &mut dyn Write, tensors: &[(&str, DType, &[u64], &[u8])], metadata: &BTreeMap<String, String>) -> std::io::Result<()> {
+pub fn write_all(
+    out: &mut dyn Write,
+    tensors: &[(&str, DType, &[u64], &[u8])],
+    metadata: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
     let layout: Vec<_> = tensors.iter().map(|&(n, d, s, b)| (n, d, s, b.len() as u64)).collect();
     out.write_all(&encode_header(&layout, metadata))?;
     for (_, _, _, bytes) in tensors {

@@ -23,10 +23,8 @@ impl Sampler {
     /// The next token.
     #[allow(clippy::cast_possible_truncation)]
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
-        let argmax = || {
-            logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
-                as u32
-        };
+        let argmax =
+            || logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32;
         if self.temperature <= 0.0 || logits.is_empty() {
             return argmax();
         }
@@ -54,7 +52,6 @@ impl Sampler {
         probs[n - 1].0 as u32
     }
 }
-
 
 /// Generates up to `max_new` tokens after `prompt`, stopping after any of
 /// `stop`; `on_token` sees each new token as it is chosen. Returns them all.

@@ -143,19 +143,15 @@ impl TextModel {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
         env.add_template("chat", template).map_err(|e| self.err(format!("chat template: {e}")))?;
-        let msgs: Vec<minijinja::Value> = messages
-            .iter()
-            .map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() })
-            .collect();
+        let msgs: Vec<minijinja::Value> =
+            messages.iter().map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() }).collect();
         let ctx = minijinja::context! {
             messages => msgs,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.clone().unwrap_or_default(),
             eos_token => self.eos.clone().unwrap_or_default(),
         };
-        env.get_template("chat")
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| self.err(format!("chat template: {e}")))
+        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| self.err(format!("chat template: {e}")))
     }
 
     fn err(&self, message: String) -> ModelError {

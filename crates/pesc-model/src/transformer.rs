@@ -166,7 +166,8 @@ impl Loader<'_> {
     /// Loads weight matrix `name`, quantized as stored when it is a GGUF block type.
     fn matrix(&self, name: &str) -> Result<Matrix> {
         if let Some(raw) = self.weights.quantized(name)? {
-            let ty = candle_type(raw.ty).ok_or_else(|| ModelError::Input(format!("tensor `{name}`: the runner cannot multiply {} weights", raw.ty)))?;
+            let ty = candle_type(raw.ty)
+                .ok_or_else(|| ModelError::Input(format!("tensor `{name}`: the runner cannot multiply {} weights", raw.ty)))?;
             let dims = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
             return Ok(Matrix::Quantized(QMatMul::from_qtensor(qtensor_from_ggml(ty, &raw.bytes, dims, self.device)?)?));
         }

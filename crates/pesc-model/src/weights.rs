@@ -117,7 +117,8 @@ impl Weights {
         match self {
             Weights::Folder(m) => {
                 let stored = m.stored_name(name);
-                let shape = m.shape_of(&stored).ok_or_else(|| ModelError::Input(format!("`{}`: tensor `{stored}` is missing", m.dir.display())))?;
+                let shape =
+                    m.shape_of(&stored).ok_or_else(|| ModelError::Input(format!("`{}`: tensor `{stored}` is missing", m.dir.display())))?;
                 // Float tensors converted, NF4 weights dequantized.
                 Ok((m.read_f32(&stored)?, usize_shape(&shape)))
             }

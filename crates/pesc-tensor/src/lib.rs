@@ -150,9 +150,7 @@ impl DType {
 
     /// Byte size of a tensor of this type and shape, or [`Overflow`].
     pub fn nbytes(self, shape: &[u64]) -> Result<u64, Overflow> {
-        numel(shape)
-            .and_then(|n| n.checked_mul(self.size()))
-            .ok_or_else(|| Overflow { dtype: self, shape: shape.to_vec() })
+        numel(shape).and_then(|n| n.checked_mul(self.size())).ok_or_else(|| Overflow { dtype: self, shape: shape.to_vec() })
     }
 }
 
@@ -185,18 +183,9 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
         return None;
     }
     let out = match dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         _ => return None,
     };
     Some(out)
@@ -209,12 +198,8 @@ pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(values.len() * usize::try_from(dtype.size()).ok()?);
     match dtype {
         DType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::F16 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
-        DType::BF16 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+        DType::F16 => values.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        DType::BF16 => values.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
         _ => return None,
     }
     Some(out)

@@ -67,20 +67,10 @@ pub struct Tokenizing<'a> {
 impl Dataset {
     /// Reads and tokenizes `path`.
     pub fn load(path: &Path, tk: &Tokenizing<'_>) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let err = |line: usize, message: String| TrainError::Data {
-            path: path.into(),
-            line,
-            message,
-        };
+        let bytes = std::fs::read(path).map_err(|source| TrainError::Io { path: path.into(), source })?;
+        let err = |line: usize, message: String| TrainError::Data { path: path.into(), line, message };
         let text = String::from_utf8(bytes).map_err(|e| {
-            let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
+            let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
             err(line, "not UTF-8 text".into())
         })?;
         if tk.seq_len < 2 {
@@ -103,10 +93,7 @@ impl Dataset {
                 err(line, format!("not a JSON record: {e}{hint}"))
             })?;
             let Value::Object(rec) = value else {
-                return Err(err(
-                    line,
-                    "a record must be a JSON object (JSONL: one object per line)".into(),
-                ));
+                return Err(err(line, "a record must be a JSON object (JSONL: one object per line)".into()));
             };
             let mut ex = tokenize(&rec, tk).map_err(|m| err(line, m))?;
             ex.line = line;
@@ -115,13 +102,7 @@ impl Dataset {
                 ex.labels.truncate(tk.seq_len);
                 truncated += 1;
                 if !has_response(&ex.labels) {
-                    return Err(err(
-                        line,
-                        format!(
-                            "no response token is left within --seq-len {}; raise it",
-                            tk.seq_len
-                        ),
-                    ));
+                    return Err(err(line, format!("no response token is left within --seq-len {}; raise it", tk.seq_len)));
                 }
             }
             examples.push(ex);
@@ -129,10 +110,7 @@ impl Dataset {
         if examples.is_empty() {
             return Err(err(0, "holds no records".into()));
         }
-        Ok(Dataset {
-            examples,
-            truncated,
-        })
+        Ok(Dataset { examples, truncated })
     }
 }
 
@@ -141,10 +119,7 @@ fn has_response(labels: &[i64]) -> bool {
     labels.iter().skip(1).any(|&l| l >= 0)
 }
 
-fn string_field(
-    rec: &Map<String, Value>,
-    key: &str,
-) -> std::result::Result<Option<String>, String> {
+fn string_field(rec: &Map<String, Value>, key: &str) -> std::result::Result<Option<String>, String> {
     match rec.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -153,10 +128,7 @@ fn string_field(
 }
 
 fn message(role: &str, content: String) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content,
-    }
+    ChatMessage { role: role.into(), content }
 }
 
 /// The record as chat messages (text formats) or ids and labels (pre-tokenized).
@@ -166,7 +138,8 @@ fn tokenize(rec: &Map<String, Value>, tk: &Tokenizing<'_>) -> std::result::Resul
         pretokenized(ids, rec.get("labels"), tk.vocab)?
     } else {
         let messages = messages(rec)?;
-        let text = tk.text.ok_or("a text record needs the model's tokenizer (`tokenizer.json`); this model has none (use `input_ids` records)")?;
+        let text =
+            tk.text.ok_or("a text record needs the model's tokenizer (`tokenizer.json`); this model has none (use `input_ids` records)")?;
         let pieces = match tk.template {
             Template::Chat => chat_pieces(text, &messages)?,
             Template::Reference => reference_pieces(&messages),
@@ -184,10 +157,7 @@ fn tokenize(rec: &Map<String, Value>, tk: &Tokenizing<'_>) -> std::result::Resul
             if train && tk.template == Template::Reference {
                 t.extend(tk.eos);
             }
-            labels.extend(
-                t.iter()
-                    .map(|&id| if train { i64::from(id) } else { IGNORE }),
-            );
+            labels.extend(t.iter().map(|&id| if train { i64::from(id) } else { IGNORE }));
             ids.extend(t);
         }
         (ids, labels)
@@ -195,32 +165,17 @@ fn tokenize(rec: &Map<String, Value>, tk: &Tokenizing<'_>) -> std::result::Resul
     if !has_response(&labels) {
         return Err("the record has no response tokens to train on".into());
     }
-    Ok(Example {
-        input_ids: ids,
-        labels,
-        line: 0,
-        source,
-    })
+    Ok(Example { input_ids: ids, labels, line: 0, source })
 }
 
-fn pretokenized(
-    ids: &Value,
-    labels: Option<&Value>,
-    vocab: usize,
-) -> std::result::Result<(Vec<u32>, Vec<i64>), String> {
+fn pretokenized(ids: &Value, labels: Option<&Value>, vocab: usize) -> std::result::Result<(Vec<u32>, Vec<i64>), String> {
     let ids: Vec<u32> = ids
         .as_array()
         .ok_or("`input_ids` must be an array of token ids")?
         .iter()
-        .map(|v| {
-            v.as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .filter(|&x| (x as usize) < vocab)
-        })
+        .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()).filter(|&x| (x as usize) < vocab))
         .collect::<Option<_>>()
-        .ok_or(format!(
-            "`input_ids` must hold token ids below the vocabulary size {vocab}"
-        ))?;
+        .ok_or(format!("`input_ids` must hold token ids below the vocabulary size {vocab}"))?;
     let labels = match labels {
         None | Some(Value::Null) => ids.iter().map(|&x| i64::from(x)).collect(),
         Some(v) => {
@@ -228,21 +183,11 @@ fn pretokenized(
                 .as_array()
                 .ok_or("`labels` must be an array")?
                 .iter()
-                .map(|x| {
-                    x.as_i64().filter(|&x| {
-                        x == IGNORE || (0..i64::try_from(vocab).unwrap_or(i64::MAX)).contains(&x)
-                    })
-                })
+                .map(|x| x.as_i64().filter(|&x| x == IGNORE || (0..i64::try_from(vocab).unwrap_or(i64::MAX)).contains(&x)))
                 .collect::<Option<_>>()
-                .ok_or(format!(
-                    "`labels` must hold token ids below {vocab} or -100"
-                ))?;
+                .ok_or(format!("`labels` must hold token ids below {vocab} or -100"))?;
             if l.len() != ids.len() {
-                return Err(format!(
-                    "`labels` has {} entries but `input_ids` has {}",
-                    l.len(),
-                    ids.len()
-                ));
+                return Err(format!("`labels` has {} entries but `input_ids` has {}", l.len(), ids.len()));
             }
             l
         }
@@ -253,49 +198,32 @@ fn pretokenized(
 /// The conversation of a text record as chat messages.
 fn messages(rec: &Map<String, Value>) -> std::result::Result<Vec<ChatMessage>, String> {
     if let Some(conv) = rec.get("conversation") {
-        let turns = conv
-            .as_array()
-            .ok_or("`conversation` must be an array of {\"input\", \"output\"} turns")?;
+        let turns = conv.as_array().ok_or("`conversation` must be an array of {\"input\", \"output\"} turns")?;
         let mut msgs = Vec::new();
-        if let Some(s) = string_field(rec, "system")?
-            .or(string_field(rec, "instruction")?)
-            .filter(|s| !s.is_empty())
-        {
+        if let Some(s) = string_field(rec, "system")?.or(string_field(rec, "instruction")?).filter(|s| !s.is_empty()) {
             msgs.push(message("system", s));
         }
         for (i, t) in turns.iter().enumerate() {
-            let t = t
-                .as_object()
-                .ok_or(format!("`conversation[{i}]` must be an object"))?;
-            let input =
-                string_field(t, "input")?.ok_or(format!("`conversation[{i}].input` is missing"))?;
-            let output = string_field(t, "output")?
-                .ok_or(format!("`conversation[{i}].output` is missing"))?;
+            let t = t.as_object().ok_or(format!("`conversation[{i}]` must be an object"))?;
+            let input = string_field(t, "input")?.ok_or(format!("`conversation[{i}].input` is missing"))?;
+            let output = string_field(t, "output")?.ok_or(format!("`conversation[{i}].output` is missing"))?;
             msgs.push(message("user", input));
             msgs.push(message("assistant", output));
         }
         return Ok(msgs);
     }
     if let Some(list) = rec.get("messages") {
-        let list = list
-            .as_array()
-            .ok_or("`messages` must be an array of {\"role\", \"content\"}")?;
+        let list = list.as_array().ok_or("`messages` must be an array of {\"role\", \"content\"}")?;
         return list
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let m = m
-                    .as_object()
-                    .ok_or(format!("`messages[{i}]` must be an object"))?;
-                let role =
-                    string_field(m, "role")?.ok_or(format!("`messages[{i}].role` is missing"))?;
+                let m = m.as_object().ok_or(format!("`messages[{i}]` must be an object"))?;
+                let role = string_field(m, "role")?.ok_or(format!("`messages[{i}].role` is missing"))?;
                 if !matches!(role.as_str(), "system" | "user" | "assistant") {
-                    return Err(format!(
-                        "`messages[{i}].role` is `{role}`, not system, user or assistant"
-                    ));
+                    return Err(format!("`messages[{i}].role` is `{role}`, not system, user or assistant"));
                 }
-                let content = string_field(m, "content")?
-                    .ok_or(format!("`messages[{i}].content` is missing"))?;
+                let content = string_field(m, "content")?.ok_or(format!("`messages[{i}].content` is missing"))?;
                 Ok(message(&role, content))
             })
             .collect();
@@ -304,11 +232,7 @@ fn messages(rec: &Map<String, Value>) -> std::result::Result<Vec<ChatMessage>, S
         let instruction = string_field(rec, "instruction")?.unwrap_or_default();
         let output = string_field(rec, "output")?.unwrap_or_default();
         let input = string_field(rec, "input")?.unwrap_or_default();
-        let user = if input.is_empty() {
-            instruction
-        } else {
-            format!("{instruction}\n\n{input}")
-        };
+        let user = if input.is_empty() { instruction } else { format!("{instruction}\n\n{input}") };
         return Ok(vec![message("user", user), message("assistant", output)]);
     }
     let mut keys: Vec<&str> = rec.keys().map(String::as_str).collect();
@@ -322,27 +246,19 @@ fn messages(rec: &Map<String, Value>) -> std::result::Result<Vec<ChatMessage>, S
 /// Text pieces in order, each marked whether it is a response (trained).
 /// Each assistant turn is the difference between the template rendered up to
 /// and including it and the template rendered up to it with the generation prompt.
-fn chat_pieces(
-    text: &TextModel,
-    msgs: &[ChatMessage],
-) -> std::result::Result<Vec<(String, bool)>, String> {
+fn chat_pieces(text: &TextModel, msgs: &[ChatMessage]) -> std::result::Result<Vec<(String, bool)>, String> {
     let mut pieces = Vec::new();
     let mut done = String::new();
     for (i, m) in msgs.iter().enumerate() {
         if m.role != "assistant" {
             continue;
         }
-        let prompt = text
-            .apply_chat_template(&msgs[..i], true)
-            .map_err(|e| e.to_string())?;
-        let full = text
-            .apply_chat_template(&msgs[..=i], false)
-            .map_err(|e| e.to_string())?;
-        let (Some(p), Some(r)) = (
-            prompt.strip_prefix(done.as_str()),
-            full.strip_prefix(prompt.as_str()),
-        ) else {
-            return Err(format!("the chat template does not render message {i} as an extension of the messages before it; use --template reference"));
+        let prompt = text.apply_chat_template(&msgs[..i], true).map_err(|e| e.to_string())?;
+        let full = text.apply_chat_template(&msgs[..=i], false).map_err(|e| e.to_string())?;
+        let (Some(p), Some(r)) = (prompt.strip_prefix(done.as_str()), full.strip_prefix(prompt.as_str())) else {
+            return Err(format!(
+                "the chat template does not render message {i} as an extension of the messages before it; use --template reference"
+            ));
         };
         pieces.push((p.to_owned(), false));
         pieces.push((r.to_owned(), true));
@@ -357,9 +273,7 @@ fn reference_pieces(msgs: &[ChatMessage]) -> Vec<(String, bool)> {
     let mut prompt = String::new();
     for m in msgs {
         match m.role.as_str() {
-            "system" if !m.content.is_empty() => {
-                prompt.push_str(&format!("### System:\n{}\n", m.content))
-            }
+            "system" if !m.content.is_empty() => prompt.push_str(&format!("### System:\n{}\n", m.content)),
             "user" => prompt.push_str(&format!("### Human:\n{}\n### Assistant:\n", m.content)),
             "assistant" => {
                 pieces.push((std::mem::take(&mut prompt), false));

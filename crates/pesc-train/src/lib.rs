@@ -22,9 +22,7 @@ pub use data::{Dataset, Example, Template, Tokenizing, IGNORE};
 pub use model::{trainable, LoraTarget, Output, Step, TrainModel, TrainOptions};
 pub use optim::{clip_grad_norm, lr_at, AdamW};
 pub use routes::RouteStats;
-pub use run::{
-    evaluate, Metrics, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFIG, LORA_WEIGHTS, METRICS, MOE_WEIGHTS,
-};
+pub use run::{evaluate, Metrics, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFIG, LORA_WEIGHTS, METRICS, MOE_WEIGHTS};
 
 /// Errors of the trainer.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +56,7 @@ pub enum TrainError {
         source: std::io::Error,
     },
     /// The loss or the gradient norm became NaN or infinite; a checkpoint was saved.
-    #[error(
-        "the {what} is {value} at step {step}; stopped (checkpoint of step {saved} saved in `{dir}`)"
-    )]
+    #[error("the {what} is {value} at step {step}; stopped (checkpoint of step {saved} saved in `{dir}`)")]
     NonFinite {
         /// `loss` or `gradient norm`.
         what: &'static str,

@@ -32,15 +32,7 @@ pub enum LoraTarget {
 
 impl LoraTarget {
     /// All targets, the default.
-    pub const ALL: [LoraTarget; 7] = [
-        Self::Q,
-        Self::K,
-        Self::V,
-        Self::O,
-        Self::Gate,
-        Self::Up,
-        Self::Down,
-    ];
+    pub const ALL: [LoraTarget; 7] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
 
     /// PEFT's module name (`q_proj`, ...).
     #[must_use]
@@ -59,9 +51,7 @@ impl LoraTarget {
     /// Parses `q`, `q_proj`, `gate`, `gate_proj`, ...
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|t| t.module() == s || t.module().trim_end_matches("_proj") == s)
+        Self::ALL.into_iter().find(|t| t.module() == s || t.module().trim_end_matches("_proj") == s)
     }
 
     fn prefix(self) -> &'static str {
@@ -275,20 +265,13 @@ impl TrainModel {
         let cfg = weights.config();
         let pesc = trainable(cfg, opts.lora_r)?;
         if !matches!(opts.dtype, DType::F32 | DType::F64) {
-            return Err(TrainError::Invalid(
-                "the trainer computes in f32 (or f64)".into(),
-            ));
+            return Err(TrainError::Invalid("the trainer computes in f32 (or f64)".into()));
         }
         if opts.lora_r > 0 && !(opts.lora_alpha.is_finite() && opts.lora_alpha > 0.0) {
-            return Err(TrainError::Invalid(format!(
-                "--lora-alpha must be a positive number, not {}",
-                opts.lora_alpha
-            )));
+            return Err(TrainError::Invalid(format!("--lora-alpha must be a positive number, not {}", opts.lora_alpha)));
         }
         if !(0.0..1.0).contains(&opts.adapter_dropout) {
-            return Err(TrainError::Invalid(
-                "the adapter dropout must be in [0, 1)".into(),
-            ));
+            return Err(TrainError::Invalid("the adapter dropout must be in [0, 1)".into()));
         }
         let dtype = opts.dtype;
         let tensor = |name: &str| -> Result<Tensor> {
@@ -297,16 +280,8 @@ impl TrainModel {
         };
         let mut params: Vec<(String, Var)> = Vec::new();
         #[allow(clippy::cast_precision_loss)]
-        let scale = if opts.lora_r > 0 {
-            opts.lora_alpha / opts.lora_r as f64
-        } else {
-            0.0
-        };
-        let linear = |p: &str,
-                      target: LoraTarget,
-                      bias: bool,
-                      params: &mut Vec<(String, Var)>|
-         -> Result<Linear> {
+        let scale = if opts.lora_r > 0 { opts.lora_alpha / opts.lora_r as f64 } else { 0.0 };
+        let linear = |p: &str, target: LoraTarget, bias: bool, params: &mut Vec<(String, Var)>| -> Result<Linear> {
             let module = format!("{p}.{}.{}", target.prefix(), target.module());
             let name = format!("{module}.weight");
             // QLoRA: an NF4 folder's codes as stored, or (--base nf4) the weight quantized here.
@@ -328,23 +303,14 @@ impl TrainModel {
             } else {
                 FrozenWeight::Tensor(tensor(&name)?)
             };
-            let b = if bias {
-                Some(tensor(&format!("{module}.bias"))?)
-            } else {
-                None
-            };
+            let b = if bias { Some(tensor(&format!("{module}.bias"))?) } else { None };
             let lora = if opts.lora_r > 0 && opts.lora_targets.contains(&target) {
                 let (out, inp) = w.dims()?;
                 let (an, bn) = (lora_name(&module, "A"), lora_name(&module, "B"));
                 #[allow(clippy::cast_precision_loss)]
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a = Var::from_tensor(
-                    &Tensor::from_vec(
-                        uniform(opts.seed, &an, opts.lora_r * inp, bound),
-                        (opts.lora_r, inp),
-                        device,
-                    )?
-                    .to_dtype(dtype)?,
+                    &Tensor::from_vec(uniform(opts.seed, &an, opts.lora_r * inp, bound), (opts.lora_r, inp), device)?.to_dtype(dtype)?,
                 )?;
                 let bv = Var::zeros((out, opts.lora_r), dtype, device)?;
                 params.push((an, a.clone()));
@@ -374,10 +340,7 @@ impl TrainModel {
                 router = Some(r);
             }
             for j in 0..pesc.map_or(0, |p| p.num_experts) {
-                let (dn, un) = (
-                    ExpertNaming::Camelidae.adapter(l, j, "down"),
-                    ExpertNaming::Camelidae.adapter(l, j, "up"),
-                );
+                let (dn, un) = (ExpertNaming::Camelidae.adapter(l, j, "down"), ExpertNaming::Camelidae.adapter(l, j, "up"));
                 let down = Var::from_tensor(&tensor(&dn)?)?;
                 let up = Var::from_tensor(&tensor(&un)?)?;
                 params.push((dn, down.clone()));
@@ -518,10 +481,7 @@ impl TrainModel {
 
     /// Checks `batch` and lays it out: ids, the non-padding rows, the rows with a target.
     fn prepare(&self, batch: &[&Example]) -> Result<Prepared> {
-        let (b, t) = (
-            batch.len(),
-            batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0),
-        );
+        let (b, t) = (batch.len(), batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0));
         if b == 0 || t == 0 {
             return Err(TrainError::Invalid("an empty batch".into()));
         }
@@ -531,10 +491,7 @@ impl TrainModel {
         for (i, e) in batch.iter().enumerate() {
             for (j, &id) in e.input_ids.iter().enumerate() {
                 if id as usize >= self.vocab {
-                    return Err(TrainError::Invalid(format!(
-                        "token id {id} is outside the vocabulary (size {})",
-                        self.vocab
-                    )));
+                    return Err(TrainError::Invalid(format!("token id {id} is outside the vocabulary (size {})", self.vocab)));
                 }
                 ids[i * t + j] = id;
                 valid.push(u32_of(i * t + j));
@@ -547,9 +504,7 @@ impl TrainModel {
             }
         }
         if targets.is_empty() {
-            return Err(TrainError::Invalid(
-                "the batch has no response tokens".into(),
-            ));
+            return Err(TrainError::Invalid("the batch has no response tokens".into()));
         }
         let dev = &self.device;
         let (cos, sin) = rope::tables(&self.inv_freq, 0, t, self.opts.dtype, dev)?;
@@ -593,34 +548,16 @@ impl TrainModel {
         let x = rms_norm(&x.index_select(&p.rows, 0)?, &self.norm, self.eps)?;
         let logits = matmul_t(&x, &self.lm_head)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
-        let lse = (logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            + max)?;
+        let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
         let picked = logits.gather(&p.targets, 1)?;
         Ok((lse - picked)?.mean_all()?)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        layer: &Layer,
-        h: &Tensor,
-        b: usize,
-        t: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-    ) -> Result<Tensor> {
+    fn attention(&self, layer: &Layer, h: &Tensor, b: usize, t: usize, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |x: Tensor, n: usize| -> Result<Tensor> {
-            Ok(x.reshape((b, t, n, d))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b * n, t, d))?)
-        };
+        let heads =
+            |x: Tensor, n: usize| -> Result<Tensor> { Ok(x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?.reshape((b * n, t, d))?) };
         let q = rope::apply(&heads(layer.q.forward(h)?, nh)?, cos, sin)?;
         let k = rope::apply(&heads(layer.k.forward(h)?, nkv)?, cos, sin)?;
         let v = heads(layer.v.forward(h)?, nkv)?;
@@ -629,21 +566,14 @@ impl TrainModel {
             if rep == 1 {
                 return Ok(x);
             }
-            Ok(x.reshape((b, nkv, 1, t, d))?
-                .broadcast_as((b, nkv, rep, t, d))?
-                .contiguous()?
-                .reshape((b * nh, t, d))?)
+            Ok(x.reshape((b, nkv, 1, t, d))?.broadcast_as((b, nkv, rep, t, d))?.contiguous()?.reshape((b * nh, t, d))?)
         };
         let (k, v) = (expand(k)?, expand(v)?);
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         let probs = softmax_last(&scores)?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, nh, t, d))?
-            .transpose(1, 2)?
-            .reshape((b * t, nh * d))?;
+        let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
         layer.o.forward(&out)
     }
 
@@ -680,31 +610,19 @@ impl TrainModel {
             let (rows, slots): (Vec<u32>, Vec<u32>) = chosen
                 .iter()
                 .enumerate()
-                .filter_map(|(i, c)| {
-                    c.iter()
-                        .position(|&x| x == j)
-                        .map(|s| (u32_of(i), u32_of(i * k + s)))
-                })
+                .filter_map(|(i, c)| c.iter().position(|&x| x == j).map(|s| (u32_of(i), u32_of(i * k + s))))
                 .unzip();
             if rows.is_empty() {
                 continue;
             }
             let m = rows.len();
             let rows = Tensor::from_vec(rows, m, &self.device)?;
-            let wj = w
-                .index_select(&Tensor::from_vec(slots, m, &self.device)?, 0)?
-                .unsqueeze(1)?;
+            let wj = w.index_select(&Tensor::from_vec(slots, m, &self.device)?, 0)?.unsqueeze(1)?;
             let mut xj = f.index_select(&rows, 0)?;
             if let Some(key) = dropout_key.filter(|_| self.opts.adapter_dropout > 0.0) {
-                xj = xj.broadcast_mul(&self.dropout_mask(
-                    key ^ (j as u64).wrapping_mul(0xd1b5_4a32_d192_ed03),
-                    xj.dims(),
-                )?)?;
+                xj = xj.broadcast_mul(&self.dropout_mask(key ^ (j as u64).wrapping_mul(0xd1b5_4a32_d192_ed03), xj.dims())?)?;
             }
-            let out = xj
-                .matmul(&ad.down.as_tensor().t()?)?
-                .gelu_erf()?
-                .matmul(&ad.up.as_tensor().t()?)?;
+            let out = xj.matmul(&ad.down.as_tensor().t()?)?.gelu_erf()?.matmul(&ad.up.as_tensor().t()?)?;
             acc = acc.index_add(&rows, &out.broadcast_mul(&wj)?, 0)?;
         }
         let y = (f + (acc * self.scaling)?)?;
@@ -734,9 +652,7 @@ impl TrainModel {
         let mut g = SplitMix64::keyed(key, "adapter-dropout");
         let keep = 1.0 / (1.0 - p);
         let count = dims.iter().product();
-        let m: Vec<f64> = (0..count)
-            .map(|_| if g.unit() < p { 0.0 } else { keep })
-            .collect();
+        let m: Vec<f64> = (0..count).map(|_| if g.unit() < p { 0.0 } else { keep }).collect();
         Ok(Tensor::from_vec(m, dims, &self.device)?.to_dtype(self.opts.dtype)?)
     }
 }
@@ -744,4 +660,3 @@ impl TrainModel {
 fn u32_of(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
-

@@ -23,18 +23,8 @@ pub struct AdamW {
 impl AdamW {
     /// Zero moments for `params`.
     pub fn new(params: &[&Var], lr: f64, weight_decay: f64) -> Result<Self> {
-        let moments = params
-            .iter()
-            .map(|p| Ok((p.zeros_like()?, p.zeros_like()?)))
-            .collect::<Result<_>>()?;
-        Ok(AdamW {
-            lr,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay,
-            t: 0,
-            moments,
-        })
+        let moments = params.iter().map(|p| Ok((p.zeros_like()?, p.zeros_like()?))).collect::<Result<_>>()?;
+        Ok(AdamW { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay, t: 0, moments })
     }
 
     /// One update of `params` with `grads` (same order):
@@ -66,11 +56,7 @@ impl AdamW {
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sq = 0.0;
     for g in grads.iter() {
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     }
     let norm = sq.sqrt();
     let coef = max_norm / (norm + 1e-6);

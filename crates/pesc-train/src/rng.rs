@@ -6,9 +6,7 @@ pub(crate) struct SplitMix64(u64);
 
 /// FNV-1a-64 of `bytes`.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl SplitMix64 {
@@ -44,7 +42,5 @@ impl SplitMix64 {
 pub(crate) fn uniform(seed: u64, name: &str, n: usize, b: f64) -> Vec<f32> {
     let mut g = SplitMix64::keyed(seed, name);
     #[allow(clippy::cast_possible_truncation)]
-    (0..n)
-        .map(|_| (b * (2.0 * g.unit() - 1.0)) as f32)
-        .collect()
+    (0..n).map(|_| (b * (2.0 * g.unit() - 1.0)) as f32).collect()
 }

@@ -85,45 +85,24 @@ pub struct Trainer {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.into(),
-        source,
-    }
+    move |source| TrainError::Io { path: path.into(), source }
 }
 
 impl Trainer {
     /// A run of `model` on `data` writing into the existing folder `dir`.
-    pub fn new(
-        model: TrainModel,
-        data: Vec<Example>,
-        opts: RunOptions,
-        dir: &Path,
-    ) -> Result<Self> {
+    pub fn new(model: TrainModel, data: Vec<Example>, opts: RunOptions, dir: &Path) -> Result<Self> {
         if opts.batch_size == 0 || opts.grad_accum == 0 {
-            return Err(TrainError::Invalid(
-                "--batch-size and --grad-accum must be at least 1".into(),
-            ));
+            return Err(TrainError::Invalid("--batch-size and --grad-accum must be at least 1".into()));
         }
-        if !(opts.lr.is_finite() && opts.lr > 0.0 && (0.0..=1.0).contains(&opts.warmup_ratio) && opts.weight_decay.is_finite())
-        {
-            return Err(TrainError::Invalid(
-                "--lr must be positive, --warmup-ratio in [0, 1]".into(),
-            ));
+        if !(opts.lr.is_finite() && opts.lr > 0.0 && (0.0..=1.0).contains(&opts.warmup_ratio) && opts.weight_decay.is_finite()) {
+            return Err(TrainError::Invalid("--lr must be positive, --warmup-ratio in [0, 1]".into()));
         }
         if data.is_empty() {
             return Err(TrainError::Invalid("no training examples".into()));
         }
         let vars: Vec<&Var> = model.params().iter().map(|(_, v)| v).collect();
         let opt = AdamW::new(&vars, opts.lr, opts.weight_decay)?;
-        Ok(Trainer {
-            model,
-            opt,
-            data,
-            opts,
-            dir: dir.into(),
-            step: 0,
-            perm: (u64::MAX, Vec::new()),
-        })
+        Ok(Trainer { model, opt, data, opts, dir: dir.into(), step: 0, perm: (u64::MAX, Vec::new()) })
     }
 
     /// Steps done.
@@ -141,11 +120,7 @@ impl Trainer {
     /// Warmup steps: `ceil(ratio * steps)`.
     #[must_use]
     pub fn warmup(&self) -> usize {
-        #[allow(
-            clippy::cast_precision_loss,
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss
-        )]
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let w = (self.opts.warmup_ratio * self.opts.steps as f64).ceil() as usize;
         w
     }
@@ -156,10 +131,7 @@ impl Trainer {
         let epoch = (pos / n) as u64;
         if self.perm.0 != epoch {
             let mut order: Vec<usize> = (0..n).collect();
-            let mut g = SplitMix64::keyed(
-                self.opts.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                "data-order",
-            );
+            let mut g = SplitMix64::keyed(self.opts.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15), "data-order");
             for i in (1..n).rev() {
                 order.swap(i, g.below(i + 1));
             }
@@ -186,13 +158,7 @@ impl Trainer {
             let out = self.model.forward_backward(&batch, Some(key), 1.0 / g as f64)?;
             if !out.ce.is_finite() {
                 let dir = self.save_checkpoint()?;
-                return Err(TrainError::NonFinite {
-                    what: "loss",
-                    step: self.step + 1,
-                    value: out.ce,
-                    saved: self.step,
-                    dir,
-                });
+                return Err(TrainError::NonFinite { what: "loss", step: self.step + 1, value: out.ce, saved: self.step, dir });
             }
             ce_sum += out.ce;
             aux_sum += out.aux;
@@ -213,46 +179,25 @@ impl Trainer {
                 }
             }
         }
-        let mut grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(&vars)
-            .map(|(g, v)| g.map_or_else(|| Ok(v.zeros_like()?), Ok))
-            .collect::<Result<_>>()?;
+        let mut grads: Vec<Tensor> =
+            grads.into_iter().zip(&vars).map(|(g, v)| g.map_or_else(|| Ok(v.zeros_like()?), Ok)).collect::<Result<_>>()?;
         let grad_norm = clip_grad_norm(&mut grads, self.opts.max_grad_norm)?;
         if !grad_norm.is_finite() {
             let dir = self.save_checkpoint()?;
-            return Err(TrainError::NonFinite {
-                what: "gradient norm",
-                step: self.step + 1,
-                value: grad_norm,
-                saved: self.step,
-                dir,
-            });
+            return Err(TrainError::NonFinite { what: "gradient norm", step: self.step + 1, value: grad_norm, saved: self.step, dir });
         }
         self.opt.lr = lr;
         let refs: Vec<&Var> = vars.iter().collect();
         self.opt.step(&refs, &grads)?;
         self.step += 1;
         #[allow(clippy::cast_precision_loss)]
-        let metrics = Metrics {
-            step: self.step,
-            loss: ce_sum / g as f64,
-            aux_loss: aux_sum / g as f64,
-            lr,
-            tokens,
-            grad_norm,
-            load,
-        };
+        let metrics = Metrics { step: self.step, loss: ce_sum / g as f64, aux_loss: aux_sum / g as f64, lr, tokens, grad_norm, load };
         let line = json!({
             "step": metrics.step, "loss": metrics.loss, "aux_loss": metrics.aux_loss, "lr": metrics.lr,
             "tokens": metrics.tokens, "grad_norm": metrics.grad_norm, "expert_load": metrics.load,
         });
         let path = self.dir.join(METRICS);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
         writeln!(f, "{line}").map_err(io(&path))?;
         Ok(metrics)
     }
@@ -273,11 +218,9 @@ impl Trainer {
         }
         candle_core::safetensors::save(&params, tmp.join("params.safetensors"))?;
         candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
-        let state =
-            json!({ "step": self.step, "adam_t": self.opt.t, "fingerprint": self.fingerprint() });
+        let state = json!({ "step": self.step, "adam_t": self.opt.t, "fingerprint": self.fingerprint() });
         let path = tmp.join("state.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap_or_default())
-            .map_err(io(&path))?;
+        std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap_or_default()).map_err(io(&path))?;
         // There is always a whole checkpoint: the previous one is set aside first, and `resume`
         // falls back to it if a crash comes between the two renames.
         let old = self.dir.join(OLD_CHECKPOINT_DIR);
@@ -311,40 +254,23 @@ impl Trainer {
         let path = dir.join("state.json");
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         let bad = |m: String| TrainError::Invalid(format!("`{}`: {m}", path.display()));
-        let state: Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let state: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         if state["fingerprint"] != self.fingerprint() {
             return Err(bad(format!(
                 "the checkpoint was made with other settings ({}); resume with the same model, data and flags",
                 state["fingerprint"]
             )));
         }
-        let step = state["step"]
-            .as_u64()
-            .and_then(|s| usize::try_from(s).ok())
-            .ok_or_else(|| bad("no `step`".into()))?;
-        let adam_t = state["adam_t"]
-            .as_u64()
-            .ok_or_else(|| bad("no `adam_t`".into()))?;
-        let dev = self
-            .model
-            .params()
-            .first()
-            .map(|(_, v)| v.device().clone())
-            .unwrap_or(candle_core::Device::Cpu);
+        let step = state["step"].as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| bad("no `step`".into()))?;
+        let adam_t = state["adam_t"].as_u64().ok_or_else(|| bad("no `adam_t`".into()))?;
+        let dev = self.model.params().first().map(|(_, v)| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
         let params = candle_core::safetensors::load(dir.join("params.safetensors"), &dev)?;
         let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &dev)?;
         for ((name, v), (m, s)) in self.model.params().iter().zip(self.opt.moments.iter_mut()) {
             let get = |map: &HashMap<String, Tensor>, key: &str| -> Result<Tensor> {
-                let t = map
-                    .get(key)
-                    .ok_or_else(|| bad(format!("the checkpoint lacks `{key}`")))?;
+                let t = map.get(key).ok_or_else(|| bad(format!("the checkpoint lacks `{key}`")))?;
                 if t.dims() != v.dims() {
-                    return Err(bad(format!(
-                        "`{key}` has shape {:?}, the model needs {:?}",
-                        t.dims(),
-                        v.dims()
-                    )));
+                    return Err(bad(format!("`{key}` has shape {:?}, the model needs {:?}", t.dims(), v.dims())));
                 }
                 Ok(t.to_dtype(v.dtype())?)
             };
@@ -404,20 +330,13 @@ impl Trainer {
                     "bnb_4bit_use_double_quant": true,
                 });
             }
-            atomic(LORA_CONFIG, &|p| {
-                std::fs::write(p, serde_json::to_vec_pretty(&config).unwrap_or_default())
-                    .map_err(io(p))
-            })?;
-            atomic(LORA_WEIGHTS, &|p| {
-                Ok(candle_core::safetensors::save(&lora, p)?)
-            })?;
+            atomic(LORA_CONFIG, &|p| std::fs::write(p, serde_json::to_vec_pretty(&config).unwrap_or_default()).map_err(io(p)))?;
+            atomic(LORA_WEIGHTS, &|p| Ok(candle_core::safetensors::save(&lora, p)?))?;
         }
         if moe.is_empty() {
             return Ok(());
         }
-        atomic(MOE_WEIGHTS, &|p| {
-            Ok(candle_core::safetensors::save(&moe, p)?)
-        })
+        atomic(MOE_WEIGHTS, &|p| Ok(candle_core::safetensors::save(&moe, p)?))
     }
 }
 

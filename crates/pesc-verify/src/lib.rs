@@ -100,7 +100,6 @@ pub fn kl(p: &[f32], q: &[f32]) -> f64 {
     lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
 }
 
-
 /// Whether `model` is a PESC model whose adapters' up projections are all
 /// zero (a fresh craft), so that it must equal its dense base exactly.
 pub fn has_zero_adapters(model: &pesc_model::Weights) -> Result<bool, ModelError> {
@@ -121,9 +120,7 @@ pub fn has_zero_adapters(model: &pesc_model::Weights) -> Result<bool, ModelError
 #[must_use]
 pub fn builtin_sequences(vocab: usize, count: usize, len: usize) -> Vec<Vec<u32>> {
     let mut rng = pesc_tensor::SplitMix64(0x5045_5343); // "PESC"
-    (0..count)
-        .map(|_| (0..len).map(|_| u32::try_from(rng.next_u64() % vocab.max(1) as u64).unwrap_or(0)).collect())
-        .collect()
+    (0..count).map(|_| (0..len).map(|_| u32::try_from(rng.next_u64() % vocab.max(1) as u64).unwrap_or(0)).collect()).collect()
 }
 
 #[cfg(test)]
