@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use pesc_model::{TextModel, Weights};
-use pesc_train::{Dataset, LoraTarget, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer};
+use pesc_train::{Dataset, Projection, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer};
 
 /// The tokenizer and prompt template a model's data files are read with.
 pub(crate) struct DataSetup {
@@ -48,7 +48,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let targets = a
         .lora_targets
         .split(',')
-        .map(|t| LoraTarget::parse(t).with_context(|| format!("--lora-targets: `{t}` is not one of q, k, v, o, gate, up, down")))
+        .map(|t| Projection::parse(t).with_context(|| format!("--lora-targets: `{t}` is not one of q, k, v, o, gate, up, down")))
         .collect::<Result<Vec<_>>>()?;
     if a.save_every == 0 {
         bail!("--save-every must be at least 1");

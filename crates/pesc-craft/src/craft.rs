@@ -3,10 +3,10 @@
 //! crafted model computes exactly what the dense model computes.
 
 use crate::folder::{emit_tensor, emit_values, set_config_dtype, write_config, StoreDType};
-use crate::init::kaiming_uniform;
 use crate::CraftError;
 use pesc_arch::{pesc_router, ExpertNaming, Family, Model, Moe};
 use pesc_io::{write_weights, OutputDir, TensorSpec};
+use pesc_tensor::kaiming_uniform;
 use pesc_tensor::DType;
 use serde_json::{json, Value};
 

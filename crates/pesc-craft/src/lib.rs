@@ -15,7 +15,6 @@ mod export;
 mod folder;
 mod gguf_vocab;
 mod import;
-mod init;
 mod merge;
 mod nf4;
 mod peft;
@@ -31,7 +30,6 @@ pub use export::{
 pub use folder::{input_digests, Publish, StoreDType, AUX_FILES};
 pub use gguf_vocab::{gguf_vocab, VocabKind};
 pub use import::Import;
-pub use init::kaiming_uniform;
 pub use merge::{lora_delta, Merge, MergeRequest, Onto, ReportRow, MOE_TENSORS, REPORT_FILE};
 pub use nf4::{nf4_config, nf4_targets, quantize_nf4, validate_nf4};
 pub use peft::{LoraConfig, ModuleSelector, PeftAdapter, Scaling, ADAPTER_CONFIG, ADAPTER_WEIGHTS};

@@ -6,10 +6,10 @@
 
 use crate::craft::{new_tensor_dtype, require_dense};
 use crate::folder::{emit_tensor, emit_values, set_config_dtype, write_config, StoreDType};
-use crate::init::kaiming_uniform;
 use crate::CraftError;
 use pesc_arch::{dense_mlp, mixtral_expert, mixtral_gate, Model};
 use pesc_io::{write_weights, OutputDir, TensorSpec};
+use pesc_tensor::kaiming_uniform;
 use serde_json::{json, Value};
 
 /// What to upcycle.

@@ -1,56 +1,278 @@
-//! The decoder: embeddings, pre-norm attention and FFN blocks (dense, PESC or
-//! Mixtral), final norm and LM head.
+//! The decoder, defined once for the runner and the trainer: embeddings,
+//! pre-norm attention (grouped-query, q/k/v/o biases, RoPE with its scaling
+//! variants, sliding window) and FFN blocks (dense SwiGLU, PESC residual
+//! routing, Mixtral), the final norm and the LM head.
+//!
+//! A pass runs `b` sequences of `t` tokens, rows `[b * t, hidden]`. The
+//! runner passes one sequence at a time with its KV cache; the trainer passes
+//! padded batches, hooks dropout into the adapters' input and turns some
+//! linear layers trainable ([`Transformer::linears_mut`]).
 
+use crate::linear::{Linear, Nf4Weight, Weight};
 use crate::ops::{causal_mask, rms_norm, softmax_last};
-use crate::rope;
-use crate::{ModelError, Result, Weights};
+use crate::{rope, ModelError, Result, Weights};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
-use candle_core::{DType, Device, Module, Tensor};
-use pesc_arch::{ExpertNaming, ModelConfig, Moe};
+use candle_core::{DType, Device, Tensor};
+use pesc_arch::{ExpertNaming, Moe};
 use pesc_quant::GgmlType;
+use std::sync::Arc;
 
-/// The dtype the runner computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ComputeDType {
-    /// 32-bit float (norms and softmax are always computed in f32).
-    F32,
-    /// bfloat16 weights and activations.
-    BF16,
+/// One of the seven frozen projections of a decoder layer (the ones LoRA adapts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Projection {
+    /// `self_attn.q_proj`.
+    Q,
+    /// `self_attn.k_proj`.
+    K,
+    /// `self_attn.v_proj`.
+    V,
+    /// `self_attn.o_proj`.
+    O,
+    /// `mlp.gate_proj` (the dense or shared FFN).
+    Gate,
+    /// `mlp.up_proj`.
+    Up,
+    /// `mlp.down_proj`.
+    Down,
 }
 
-impl ComputeDType {
-    fn candle(self) -> DType {
+impl Projection {
+    /// All seven, in layer order.
+    pub const ALL: [Projection; 7] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
+
+    /// The module name (`q_proj`, ...), as PEFT's `target_modules` names it.
+    #[must_use]
+    pub fn module(self) -> &'static str {
         match self {
-            ComputeDType::F32 => DType::F32,
-            ComputeDType::BF16 => DType::BF16,
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
         }
     }
-}
 
-/// A weight matrix `[out, in]`: dense in the compute dtype, or a GGUF
-/// block-quantized one multiplied as stored (ggml's kernels: the input is
-/// rounded to 8-bit blocks, as llama.cpp does on CPU).
-enum Matrix {
-    Dense(Tensor),
-    Quantized(QMatMul),
-}
-
-struct Linear {
-    w: Matrix,
-    b: Option<Tensor>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.w {
-            Matrix::Dense(w) => x.matmul(&w.t()?)?,
-            Matrix::Quantized(q) => q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
-        };
-        Ok(match &self.b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+    /// Parses `q`, `q_proj`, `gate`, `gate_proj`, ...
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        Self::ALL.into_iter().find(|t| t.module() == s || t.module().trim_end_matches("_proj") == s)
     }
+
+    /// The module path within layer `layer` (`model.layers.3.self_attn.q_proj`).
+    #[must_use]
+    pub fn path(self, layer: u64) -> String {
+        let block = match self {
+            Self::Q | Self::K | Self::V | Self::O => "self_attn",
+            Self::Gate | Self::Up | Self::Down => "mlp",
+        };
+        format!("model.layers.{layer}.{block}.{}", self.module())
+    }
+}
+
+/// What a linear layer is in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A frozen base projection.
+    Projection(Projection),
+    /// A PESC router.
+    Router,
+    /// A PESC adapter's down (`up: false`) or up projection of expert `expert`.
+    Adapter {
+        /// The expert.
+        expert: u64,
+        /// Whether it is the up projection.
+        up: bool,
+    },
+    /// A Mixtral router or expert projection.
+    Mixtral,
+    /// The LM head.
+    LmHead,
+}
+
+/// A linear layer's place: its role and module name (its weight is `{module}.weight`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// The role.
+    pub role: Role,
+    /// The module name.
+    pub module: String,
+}
+
+/// How NF4 weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nf4Policy {
+    /// An NF4 folder's weights dequantized once, when loading.
+    Dequantize,
+    /// An NF4 folder's weights kept as codes and dequantized at each use.
+    AtUse,
+    /// As `AtUse`, and every other model's frozen projections quantized to NF4
+    /// when loading (bitsandbytes' default blocksize 64 and double quantization):
+    /// QLoRA's frozen base.
+    QuantizeProjections,
+}
+
+/// How a model is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The compute dtype: F32 or BF16 (runner), F32 or F64 (trainer).
+    pub dtype: DType,
+    /// Keep GGUF block-quantized matrices as stored (they then get no gradient);
+    /// otherwise they are dequantized to the compute dtype.
+    pub keep_blocks: bool,
+    /// How NF4 weights are held.
+    pub nf4: Nf4Policy,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    /// `down(silu(gate(h)) * up(h))`.
+    fn forward(&self, h: &Tensor) -> Result<Tensor> {
+        self.down.forward(&(self.gate.forward(h)?.silu()? * self.up.forward(h)?)?)
+    }
+}
+
+struct Adapter {
+    down: Linear,
+    up: Linear,
+}
+
+enum Ffn {
+    Dense(Mlp),
+    Pesc { mlp: Mlp, router: Linear, experts: Vec<Adapter>, top_k: usize, scaling: f64 },
+    Mixtral { gate: Linear, experts: Vec<Mlp>, top_k: usize },
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+}
+
+struct Layer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    attn: Attention,
+    ffn: Ffn,
+}
+
+/// Keys and values of the positions seen so far in one layer, `[heads, positions, head_dim]` each.
+pub type LayerCache = Option<(Tensor, Tensor)>;
+
+/// A hook on the rows an adapter reads: `(expert, rows) -> rows` (the trainer's dropout).
+pub type AdapterInput<'a> = dyn Fn(usize, &Tensor) -> Result<Tensor> + 'a;
+
+/// The routing of one MoE layer for the rows of a pass.
+pub struct Routing {
+    /// Router logits, `[rows, experts]`, in the compute dtype (with gradient when the router trains).
+    pub logits: Tensor,
+    /// Per row, the `k` experts with the largest logits, largest first (lower index first on ties).
+    pub chosen: Vec<Vec<usize>>,
+    /// Softmax over each row's chosen logits, `[rows * k]` in `chosen`'s order.
+    weights: Tensor,
+}
+
+impl Routing {
+    fn top_k(logits: Tensor, k: usize) -> Result<Self> {
+        let values = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let chosen: Vec<Vec<usize>> = values
+            .iter()
+            .map(|r| {
+                let mut order: Vec<usize> = (0..r.len()).collect();
+                order.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
+                order.truncate(k);
+                order
+            })
+            .collect();
+        let idx: Vec<u32> = chosen.iter().flatten().map(|&j| u32_of(j)).collect();
+        let idx = Tensor::from_vec(idx, (chosen.len(), k), logits.device())?;
+        let dtype = logits.dtype();
+        let weights = softmax_last(&logits.gather(&idx, 1)?.to_dtype(wide(dtype))?)?.to_dtype(dtype)?.flatten_all()?;
+        Ok(Routing { logits, chosen, weights })
+    }
+
+    /// `sum over each row's chosen experts j of w_j * f(j, row)`, for `n` experts, as
+    /// a tensor shaped like `x`: each expert runs once, on the rows routed to it.
+    fn mix(&self, x: &Tensor, n: usize, f: &dyn Fn(usize, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let mut acc = x.zeros_like()?;
+        let k = self.chosen.first().map_or(0, Vec::len);
+        for j in 0..n {
+            let (rows, slots): (Vec<u32>, Vec<u32>) = self
+                .chosen
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.iter().position(|&e| e == j).map(|s| (u32_of(i), u32_of(i * k + s))))
+                .unzip();
+            if rows.is_empty() {
+                continue;
+            }
+            let m = rows.len();
+            let rows = Tensor::from_vec(rows, m, x.device())?;
+            let w = self.weights.index_select(&Tensor::from_vec(slots, m, x.device())?, 0)?.unsqueeze(1)?;
+            let out = f(j, &x.index_select(&rows, 0)?)?.broadcast_mul(&w)?;
+            acc = acc.index_add(&rows, &out, 0)?;
+        }
+        Ok(acc)
+    }
+}
+
+/// The sites of layer `l`'s dense or shared FFN.
+fn shared_ffn_sites<'a>(l: u64, mlp: &'a mut Mlp, out: &mut Vec<(Site, &'a mut Linear)>) {
+    let Mlp { gate, up, down } = mlp;
+    for (p, lin) in [(Projection::Gate, gate), (Projection::Up, up), (Projection::Down, down)] {
+        out.push((Site { role: Role::Projection(p), module: p.path(l) }, lin));
+    }
+}
+
+/// The rotary tables and the causal mask of one pass.
+pub struct Pass {
+    b: usize,
+    t: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+/// A decoder-only Llama-family model (dense, PESC or Mixtral), loaded.
+pub struct Transformer {
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    inv_freq: Vec<f32>,
+    eps: f64,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+    vocab: usize,
+    dtype: DType,
+    device: Device,
+}
+
+/// f32 for the softmax and the norms, unless the model computes in f64.
+fn wide(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+fn u32_of(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn usize_of(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 /// candle's name of a block type.
@@ -70,162 +292,112 @@ fn candle_type(ty: GgmlType) -> Option<GgmlDType> {
     })
 }
 
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, h: &Tensor) -> Result<Tensor> {
-        let a = (self.gate.forward(h)?.silu()? * self.up.forward(h)?)?;
-        self.down.forward(&a)
-    }
-}
-
-struct Adapter {
-    down: Linear,
-    up: Linear,
-}
-
-enum Ffn {
-    Dense(Mlp),
-    Pesc { mlp: Mlp, router: Linear, experts: Vec<Adapter>, top_k: usize, scaling: f64 },
-    Mixtral { gate: Linear, experts: Vec<Mlp>, top_k: usize },
-}
-
-struct Layer {
-    input_norm: Tensor,
-    post_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    ffn: Ffn,
-}
-
-/// Keys and values of the positions seen so far, per layer.
-#[derive(Default)]
-pub struct Cache {
-    kv: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-}
-
-impl Cache {
-    /// Positions cached.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// What one forward pass returns.
-pub struct Forward {
-    /// Logits, `[T, vocab]`, f32.
-    pub logits: Tensor,
-    /// For MoE models: per layer, per token, the experts it was routed to.
-    pub routes: Vec<Vec<Vec<usize>>>,
-}
-
-/// A model loaded for inference.
-pub struct Runner {
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Linear,
-    inv_freq: Vec<f32>,
-    eps: f64,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    window: Option<usize>,
-    vocab: usize,
-    dtype: DType,
-    device: Device,
-}
-
 struct Loader<'a> {
     weights: &'a Weights,
-    dtype: DType,
+    opts: LoadOptions,
     device: &'a Device,
 }
 
 impl Loader<'_> {
-    /// Loads the tensor this tool calls `name` (PESC naming variants resolved) as values.
+    /// The tensor this tool calls `name` (PESC naming variants resolved), in the compute dtype.
     fn tensor(&self, name: &str) -> Result<Tensor> {
         let (values, shape) = self.weights.read_f32(name)?;
-        Ok(Tensor::from_vec(values, shape, self.device)?.to_dtype(self.dtype)?)
+        Ok(Tensor::from_vec(values, shape, self.device)?.to_dtype(self.opts.dtype)?)
     }
 
-    /// Loads weight matrix `name`, quantized as stored when it is a GGUF block type.
-    fn matrix(&self, name: &str) -> Result<Matrix> {
-        if let Some(raw) = self.weights.quantized(name)? {
-            let ty = candle_type(raw.ty)
-                .ok_or_else(|| ModelError::Input(format!("tensor `{name}`: the runner cannot multiply {} weights", raw.ty)))?;
-            let dims = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
-            return Ok(Matrix::Quantized(QMatMul::from_qtensor(qtensor_from_ggml(ty, &raw.bytes, dims, self.device)?)?));
+    /// Weight matrix `name` as stored when it is block-quantized and blocks are kept.
+    fn blocks(&self, name: &str) -> Result<Option<Weight>> {
+        if !self.opts.keep_blocks {
+            return Ok(None);
         }
-        Ok(Matrix::Dense(self.tensor(name)?))
+        let Some(raw) = self.weights.quantized(name)? else { return Ok(None) };
+        let ty = candle_type(raw.ty).ok_or_else(|| ModelError::UnsupportedBlockType { tensor: name.into(), ty: raw.ty })?;
+        let dims = raw.shape.iter().map(|&d| usize_of(d)).collect();
+        Ok(Some(Weight::Quantized(QMatMul::from_qtensor(qtensor_from_ggml(ty, &raw.bytes, dims, self.device)?)?)))
     }
 
-    fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
-        Ok(Linear {
-            w: self.matrix(&format!("{prefix}.weight"))?,
-            b: if bias { Some(self.tensor(&format!("{prefix}.bias"))?) } else { None },
+    /// Weight matrix `name`; `projection` marks the frozen base projections.
+    fn weight(&self, name: &str, projection: bool) -> Result<Weight> {
+        if let Some(w) = self.blocks(name)? {
+            return Ok(w);
+        }
+        if self.opts.nf4 != Nf4Policy::Dequantize {
+            let stored = match self.weights.read_nf4(name)? {
+                Some(s) => Some(s),
+                None if projection && self.opts.nf4 == Nf4Policy::QuantizeProjections => {
+                    let (values, shape) = self.weights.read_f32(name)?;
+                    let codes = pesc_quant::nf4::quantize(&values, pesc_quant::nf4::Nf4Options::default())
+                        .map_err(|source| ModelError::Nf4 { tensor: name.into(), source })?;
+                    Some(crate::StoredNf4 { codes, dtype: pesc_tensor::DType::F32, shape })
+                }
+                None => None,
+            };
+            if let Some(s) = stored {
+                let [out, inp] = s.shape[..] else {
+                    return Err(ModelError::NotAMatrix { tensor: name.into(), shape: s.shape });
+                };
+                return Ok(Weight::Nf4(Nf4Weight {
+                    codes: Arc::new(s.codes),
+                    original: s.dtype,
+                    shape: (out, inp),
+                    dtype: self.opts.dtype,
+                    device: self.device.clone(),
+                }));
+            }
+        }
+        Ok(Weight::Frozen(self.tensor(name)?))
+    }
+
+    fn linear(&self, module: &str, bias: bool, projection: bool) -> Result<Linear> {
+        let bias = if bias { Some(self.tensor(&format!("{module}.bias"))?) } else { None };
+        Ok(Linear::new(self.weight(&format!("{module}.weight"), projection)?, bias))
+    }
+
+    fn mlp(&self, gate: &str, up: &str, down: &str, bias: bool, projection: bool) -> Result<Mlp> {
+        Ok(Mlp {
+            gate: self.linear(gate, bias, projection)?,
+            up: self.linear(up, bias, projection)?,
+            down: self.linear(down, bias, projection)?,
         })
     }
-
-    fn mlp(&self, gate: &str, up: &str, down: &str, bias: bool) -> Result<Mlp> {
-        Ok(Mlp { gate: self.linear(gate, bias)?, up: self.linear(up, bias)?, down: self.linear(down, bias)? })
-    }
 }
 
-fn usize_of(v: u64) -> usize {
-    usize::try_from(v).unwrap_or(usize::MAX)
-}
-
-impl Runner {
-    /// Loads every weight of `weights` onto `device`: converted to `dtype`,
-    /// except GGUF block-quantized matrices, which stay quantized.
-    pub fn load(weights: &Weights, dtype: ComputeDType, device: &Device) -> Result<Self> {
-        let cfg: &ModelConfig = weights.config();
-        let ld = Loader { weights, dtype: dtype.candle(), device };
+impl Transformer {
+    /// Loads every weight of `weights` onto `device` as `opts` says.
+    pub fn load(weights: &Weights, opts: LoadOptions, device: &Device) -> Result<Self> {
+        let cfg = weights.config();
+        let ld = Loader { weights, opts, device };
         let mut layers = Vec::with_capacity(usize_of(cfg.num_layers));
         for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let mlp = |ld: &Loader<'_>| {
-                ld.mlp(&format!("{p}.mlp.gate_proj"), &format!("{p}.mlp.up_proj"), &format!("{p}.mlp.down_proj"), cfg.mlp_bias)
+            let proj = |p: Projection, bias: bool| ld.linear(&p.path(l), bias, true);
+            let shared = || -> Result<Mlp> {
+                Ok(Mlp {
+                    gate: proj(Projection::Gate, cfg.mlp_bias)?,
+                    up: proj(Projection::Up, cfg.mlp_bias)?,
+                    down: proj(Projection::Down, cfg.mlp_bias)?,
+                })
             };
+            let p = format!("model.layers.{l}");
             let ffn = match &cfg.moe {
-                Moe::Dense => Ffn::Dense(mlp(&ld)?),
+                Moe::Dense => Ffn::Dense(shared()?),
                 Moe::Pesc(pp) => Ffn::Pesc {
-                    mlp: mlp(&ld)?,
-                    router: ld.linear(&format!("{p}.mlp.moe_adapter.router"), false)?,
+                    mlp: shared()?,
+                    router: ld.linear(&format!("{p}.mlp.moe_adapter.router"), false, false)?,
                     experts: (0..pp.num_experts)
                         .map(|j| {
-                            let n = ExpertNaming::Camelidae;
-                            let strip = |s: String| s.trim_end_matches(".weight").to_owned();
-                            Ok(Adapter {
-                                down: ld.linear(&strip(n.adapter(l, j, "down")), false)?,
-                                up: ld.linear(&strip(n.adapter(l, j, "up")), false)?,
-                            })
+                            let module = |which: &str| ExpertNaming::Camelidae.adapter(l, j, which).trim_end_matches(".weight").to_owned();
+                            Ok(Adapter { down: ld.linear(&module("down"), false, false)?, up: ld.linear(&module("up"), false, false)? })
                         })
                         .collect::<Result<_>>()?,
                     top_k: usize_of(pp.top_k),
                     scaling: pp.scaling,
                 },
                 Moe::Mixtral { num_experts, top_k } => Ffn::Mixtral {
-                    gate: ld.linear(&format!("{p}.block_sparse_moe.gate"), false)?,
+                    gate: ld.linear(&format!("{p}.block_sparse_moe.gate"), false, false)?,
                     experts: (0..*num_experts)
                         .map(|j| {
                             let e = format!("{p}.block_sparse_moe.experts.{j}");
-                            ld.mlp(&format!("{e}.w1"), &format!("{e}.w3"), &format!("{e}.w2"), false)
+                            ld.mlp(&format!("{e}.w1"), &format!("{e}.w3"), &format!("{e}.w2"), false, false)
                         })
                         .collect::<Result<_>>()?,
                     top_k: usize_of(*top_k),
@@ -234,18 +406,23 @@ impl Runner {
             layers.push(Layer {
                 input_norm: ld.tensor(&format!("{p}.input_layernorm.weight"))?,
                 post_norm: ld.tensor(&format!("{p}.post_attention_layernorm.weight"))?,
-                q: ld.linear(&format!("{p}.self_attn.q_proj"), cfg.qkv_bias)?,
-                k: ld.linear(&format!("{p}.self_attn.k_proj"), cfg.qkv_bias)?,
-                v: ld.linear(&format!("{p}.self_attn.v_proj"), cfg.qkv_bias)?,
-                o: ld.linear(&format!("{p}.self_attn.o_proj"), cfg.o_bias)?,
+                attn: Attention {
+                    q: proj(Projection::Q, cfg.qkv_bias)?,
+                    k: proj(Projection::K, cfg.qkv_bias)?,
+                    v: proj(Projection::V, cfg.qkv_bias)?,
+                    o: proj(Projection::O, cfg.o_bias)?,
+                },
                 ffn,
             });
         }
         let embed = ld.tensor("model.embed_tokens.weight")?;
         // Tied: the embedding matrix, quantized as stored when it is (as llama.cpp uses it).
-        let head = if cfg.tie_word_embeddings && !weights.has("lm_head.weight") { "model.embed_tokens" } else { "lm_head" };
-        let lm_head = ld.linear(head, false)?;
-        Ok(Runner {
+        let lm_head = if cfg.tie_word_embeddings && !weights.has("lm_head.weight") {
+            Linear::new(ld.blocks("model.embed_tokens.weight")?.unwrap_or_else(|| Weight::Frozen(embed.clone())), None)
+        } else {
+            ld.linear("lm_head", false, false)?
+        };
+        Ok(Transformer {
             embed,
             layers,
             norm: ld.tensor("model.norm.weight")?,
@@ -257,7 +434,7 @@ impl Runner {
             head_dim: usize_of(cfg.head_dim),
             window: cfg.sliding_window.map(usize_of),
             vocab: usize_of(cfg.vocab_size),
-            dtype: dtype.candle(),
+            dtype: opts.dtype,
             device: device.clone(),
         })
     }
@@ -268,138 +445,163 @@ impl Runner {
         self.vocab
     }
 
-    /// Runs `tokens` at the positions after those in `cache`, extending it.
-    pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Forward> {
-        if tokens.is_empty() {
-            return Err(ModelError::Input("no tokens to run".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
-            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary (size {})", self.vocab)));
-        }
-        let t = tokens.len();
-        let start = cache.len;
-        if cache.kv.len() != self.layers.len() {
-            cache.kv = vec![None; self.layers.len()];
-        }
-        let ids = Tensor::from_vec(tokens.to_vec(), t, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
-        let (cos, sin) = rope::tables(&self.inv_freq, start, t, self.dtype, &self.device)?;
-        let mask = causal_mask(start, t, self.window, &self.device)?;
-        let mut routes = Vec::new();
-        for (layer, kv) in self.layers.iter().zip(cache.kv.iter_mut()) {
-            let h = rms_norm(&x, &layer.input_norm, self.eps)?;
-            let a = self.attention(layer, &h, &cos, &sin, &mask, kv)?;
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.post_norm, self.eps)?;
-            let (y, r) = ffn(&layer.ffn, &h)?;
-            if let Some(r) = r {
-                routes.push(r);
-            }
-            x = (x + y)?;
-        }
-        cache.len += t;
-        let x = rms_norm(&x, &self.norm, self.eps)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
-        Ok(Forward { logits, routes })
+    /// Decoder layers.
+    #[must_use]
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
-    fn attention(
+    /// The compute dtype.
+    #[must_use]
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Where the weights live.
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every linear layer with its place, in a fixed order: per layer q, k, v,
+    /// o, the FFN's gate, up and down, then the router and each expert's
+    /// adapter down and up (PESC) or the router and the experts (Mixtral);
+    /// the LM head last.
+    pub fn linears_mut(&mut self) -> Vec<(Site, &mut Linear)> {
+        let mut out = Vec::new();
+        for (l, layer) in (0u64..).zip(&mut self.layers) {
+            let Attention { q, k, v, o } = &mut layer.attn;
+            for (p, lin) in [(Projection::Q, q), (Projection::K, k), (Projection::V, v), (Projection::O, o)] {
+                out.push((Site { role: Role::Projection(p), module: p.path(l) }, lin));
+            }
+            match &mut layer.ffn {
+                Ffn::Dense(mlp) => shared_ffn_sites(l, mlp, &mut out),
+                Ffn::Pesc { mlp, router, experts, .. } => {
+                    shared_ffn_sites(l, mlp, &mut out);
+                    out.push((Site { role: Role::Router, module: format!("model.layers.{l}.mlp.moe_adapter.router") }, router));
+                    for (j, a) in (0u64..).zip(experts.iter_mut()) {
+                        let module = |which: &str| ExpertNaming::Camelidae.adapter(l, j, which).trim_end_matches(".weight").to_owned();
+                        out.push((Site { role: Role::Adapter { expert: j, up: false }, module: module("down") }, &mut a.down));
+                        out.push((Site { role: Role::Adapter { expert: j, up: true }, module: module("up") }, &mut a.up));
+                    }
+                }
+                Ffn::Mixtral { gate, experts, .. } => {
+                    out.push((Site { role: Role::Mixtral, module: format!("model.layers.{l}.block_sparse_moe.gate") }, gate));
+                    for (j, e) in experts.iter_mut().enumerate() {
+                        let Mlp { gate, up, down } = e;
+                        for (w, lin) in [("w1", gate), ("w3", up), ("w2", down)] {
+                            out.push((
+                                Site { role: Role::Mixtral, module: format!("model.layers.{l}.block_sparse_moe.experts.{j}.{w}") },
+                                lin,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out.push((Site { role: Role::LmHead, module: "lm_head".into() }, &mut self.lm_head));
+        out
+    }
+
+    /// Refuses token ids outside the vocabulary.
+    pub fn check_tokens(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&t| t as usize >= self.vocab) {
+            Some(&id) => Err(ModelError::TokenOutOfVocabulary { id, vocab: self.vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// The embeddings of `ids` (a 1-D u32 tensor of checked ids): `[ids, hidden]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed.index_select(ids, 0)?)
+    }
+
+    /// The rotary tables and mask for `b` sequences of `t` tokens at positions `start..start + t`.
+    pub fn pass(&self, b: usize, t: usize, start: usize) -> Result<Pass> {
+        let (cos, sin) = rope::tables(&self.inv_freq, start, t, self.dtype, &self.device)?;
+        let mask = causal_mask(start, t, self.window, &self.device)?.to_dtype(wide(self.dtype))?;
+        Ok(Pass { b, t, cos, sin, mask })
+    }
+
+    /// Layer `li` on the residual stream `x` (`[b * t, hidden]`): the new stream
+    /// and, for an MoE layer, its routing. `cache` (one sequence) holds the keys and
+    /// values of earlier positions and is extended; `adapter_input` transforms the
+    /// rows each PESC adapter reads.
+    pub fn layer(
         &self,
-        layer: &Layer,
-        h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        kv: &mut Option<(Tensor, Tensor)>,
-    ) -> Result<Tensor> {
-        let t = h.dim(0)?;
+        li: usize,
+        x: &Tensor,
+        pass: &Pass,
+        cache: Option<&mut LayerCache>,
+        adapter_input: Option<&AdapterInput<'_>>,
+    ) -> Result<(Tensor, Option<Routing>)> {
+        let layer = &self.layers[li];
+        let h = rms_norm(x, &layer.input_norm, self.eps)?;
+        let a = self.attention(&layer.attn, &h, pass, cache)?;
+        let x = (x + a)?;
+        let h = rms_norm(&x, &layer.post_norm, self.eps)?;
+        let (y, routing) = match &layer.ffn {
+            Ffn::Dense(mlp) => (mlp.forward(&h)?, None),
+            Ffn::Pesc { mlp, router, experts, top_k, scaling } => {
+                let f = mlp.forward(&h)?;
+                let routing = Routing::top_k(router.forward(&h)?, *top_k)?;
+                let adapted = routing.mix(&f, experts.len(), &|j, rows| {
+                    let a = &experts[j];
+                    let input = match adapter_input {
+                        Some(hook) => hook(j, rows)?,
+                        None => rows.clone(),
+                    };
+                    a.up.forward(&a.down.forward(&input)?.gelu_erf()?)
+                })?;
+                // Residual form: with zero adapters `adapted` is exactly 0 and y == f.
+                ((f + (adapted * *scaling)?)?, Some(routing))
+            }
+            Ffn::Mixtral { gate, experts, top_k } => {
+                let routing = Routing::top_k(gate.forward(&h)?, *top_k)?;
+                (routing.mix(&h, experts.len(), &|j, rows| experts[j].forward(rows))?, Some(routing))
+            }
+        };
+        Ok(((x + y)?, routing))
+    }
+
+    /// The final norm and the LM head on the rows `x`: logits `[rows, vocab]` in the compute dtype.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(&rms_norm(x, &self.norm, self.eps)?)
+    }
+
+    fn attention(&self, attn: &Attention, h: &Tensor, pass: &Pass, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        let (b, t) = (pass.b, pass.t);
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |x: Tensor, n: usize| -> Result<Tensor> { Ok(x.reshape((t, n, d))?.transpose(0, 1)?.contiguous()?) };
-        let q = rope::apply(&heads(layer.q.forward(h)?, nh)?, cos, sin)?;
-        let k = rope::apply(&heads(layer.k.forward(h)?, nkv)?, cos, sin)?;
-        let v = heads(layer.v.forward(h)?, nkv)?;
-        let (k, v) = match kv.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+        let heads =
+            |x: Tensor, n: usize| -> Result<Tensor> { Ok(x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?.reshape((b * n, t, d))?) };
+        let q = rope::apply(&heads(attn.q.forward(h)?, nh)?, &pass.cos, &pass.sin)?;
+        let k = rope::apply(&heads(attn.k.forward(h)?, nkv)?, &pass.cos, &pass.sin)?;
+        let v = heads(attn.v.forward(h)?, nkv)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
             None => (k, v),
         };
-        *kv = Some((k.clone(), v.clone()));
         let s = k.dim(1)?;
         let rep = nh / nkv;
-        let expand = |x: &Tensor| -> Result<Tensor> {
+        let expand = |x: Tensor| -> Result<Tensor> {
             if rep == 1 {
-                return Ok(x.clone());
+                return Ok(x);
             }
-            Ok(x.unsqueeze(1)?.broadcast_as((nkv, rep, s, d))?.reshape((nh, s, d))?)
+            Ok(x.reshape((b, nkv, 1, s, d))?.broadcast_as((b, nkv, rep, s, d))?.contiguous()?.reshape((b * nh, s, d))?)
         };
-        let (k, v) = (expand(&k)?, expand(&v)?);
+        let (k, v) = (expand(k)?, expand(v)?);
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(wide(self.dtype))?.broadcast_add(&pass.mask)?;
         let probs = softmax_last(&scores)?.to_dtype(self.dtype)?;
-        let out = probs.matmul(&v)?.transpose(0, 1)?.reshape((t, nh * d))?;
-        layer.o.forward(&out)
-    }
-}
-
-/// Per token: the `k` largest router logits (lower index first on ties) and
-/// the softmax over those `k` only.
-fn route(logits: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
-    let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let mut order: Vec<usize> = (0..r.len()).collect();
-            order.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
-            order.truncate(k);
-            let max = r[order[0]];
-            let e: Vec<f32> = order.iter().map(|&j| (r[j] - max).exp()).collect();
-            let sum: f32 = e.iter().sum();
-            order.into_iter().zip(e).map(|(j, v)| (j, v / sum)).collect()
-        })
-        .collect())
-}
-
-/// Runs `f` on the rows of `x` routed to each expert and adds the results,
-/// scaled by their routing weights, into a zero tensor shaped like `x`.
-fn mix(x: &Tensor, routes: &[Vec<(usize, f32)>], n: usize, f: &dyn Fn(usize, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    let mut acc = x.zeros_like()?;
-    for j in 0..n {
-        let (rows, weights): (Vec<u32>, Vec<f32>) = routes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.iter().find(|(e, _)| *e == j).map(|(_, w)| (u32::try_from(i).unwrap_or(u32::MAX), *w)))
-            .unzip();
-        if rows.is_empty() {
-            continue;
-        }
-        let idx = Tensor::from_vec(rows.clone(), rows.len(), x.device())?;
-        let w = Tensor::from_vec(weights, (rows.len(), 1), x.device())?.to_dtype(x.dtype())?;
-        let out = f(j, &x.index_select(&idx, 0)?)?.broadcast_mul(&w)?;
-        acc = acc.index_add(&idx, &out, 0)?;
-    }
-    Ok(acc)
-}
-
-type Routes = Vec<Vec<usize>>;
-
-fn ffn(ffn: &Ffn, h: &Tensor) -> Result<(Tensor, Option<Routes>)> {
-    let names = |r: &[Vec<(usize, f32)>]| r.iter().map(|t| t.iter().map(|(e, _)| *e).collect()).collect();
-    match ffn {
-        Ffn::Dense(mlp) => Ok((mlp.forward(h)?, None)),
-        Ffn::Pesc { mlp, router, experts, top_k, scaling } => {
-            let f = mlp.forward(h)?;
-            let r = route(&router.forward(h)?, *top_k)?;
-            let adapted = mix(&f, &r, experts.len(), &|j, rows| {
-                let a = &experts[j];
-                a.up.forward(&a.down.forward(rows)?.gelu_erf()?)
-            })?;
-            // Residual form: with zero adapters `adapted` is exactly 0 and y == f.
-            Ok(((f + (adapted * *scaling)?)?, Some(names(&r))))
-        }
-        Ffn::Mixtral { gate, experts, top_k } => {
-            let r = route(&gate.forward(h)?, *top_k)?;
-            let y = mix(h, &r, experts.len(), &|j, rows| experts[j].forward(rows))?;
-            Ok((y, Some(names(&r))))
-        }
+        let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
+        attn.o.forward(&out)
     }
 }

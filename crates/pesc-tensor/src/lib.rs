@@ -13,11 +13,29 @@
 use std::fmt;
 
 /// SplitMix64 (Steele, Lea, Flood 2014): the project's one seeded generator,
-/// the same on every platform.
+/// the same on every platform. Each named use draws from its own stream,
+/// [`SplitMix64::keyed`]: `seed XOR fnv1a64(name)` (`docs/format.md` §4.4).
 #[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);
 
+/// FNV-1a, 64-bit.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 impl SplitMix64 {
+    /// The stream of `seed` XOR FNV-1a-64(`key`).
+    #[must_use]
+    pub fn keyed(seed: u64, key: &str) -> Self {
+        SplitMix64(seed ^ fnv1a64(key.as_bytes()))
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -32,6 +50,21 @@ impl SplitMix64 {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
+}
+
+/// `n` values of `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` for the tensor `name`:
+/// `x = bound * (2u - 1)` in f64 (u with 53 bits from the stream keyed by
+/// `name`), rounded once to f32. Computed with correctly rounded IEEE
+/// operations only, so the values are the same everywhere. This is what
+/// PyTorch's `kaiming_uniform_(a = sqrt(5))` draws from, `nn.Linear`'s default
+/// and the reference implementation's choice for routers and adapters, and
+/// PEFT's for LoRA `A`.
+#[must_use]
+#[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+pub fn kaiming_uniform(seed: u64, name: &str, fan_in: u64, n: usize) -> Vec<f32> {
+    let mut rng = SplitMix64::keyed(seed, name);
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    (0..n).map(|_| (bound * (2.0 * rng.next_f64() - 1.0)) as f32).collect()
 }
 
 /// A size computation overflowed `u64`.
@@ -236,6 +269,25 @@ mod tests {
         assert!(DType::U8.nbytes(&[2, u64::MAX - 1]).is_err());
         // The element count fits, the byte count does not.
         assert!(DType::I32.nbytes(&[2, (1 << 62) - 1]).is_err());
+    }
+
+    #[test]
+    fn known_values_pin_the_generator() {
+        // SplitMix64's published first output for state 0.
+        assert_eq!(SplitMix64(0).next_u64(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(SplitMix64::keyed(5, "a").0, 5 ^ 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn kaiming_values_are_bounded_per_tensor_and_seeded() {
+        let a = kaiming_uniform(7, "w", 64, 10_000);
+        assert!(a.iter().all(|v| v.abs() <= 0.125), "bound is 1/sqrt(64)");
+        let mean: f32 = a.iter().sum::<f32>() / 10_000.0;
+        assert!(mean.abs() < 0.005, "{mean}");
+        assert_eq!(a, kaiming_uniform(7, "w", 64, 10_000));
+        assert_ne!(a, kaiming_uniform(8, "w", 64, 10_000));
+        assert_ne!(a, kaiming_uniform(7, "v", 64, 10_000));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The trainer: instruction tuning of a PESC model's adapters and routers,
 //! with LoRA on the frozen base linears, on candle autograd.
 //!
-//! - [`TrainModel`]: the differentiable PESC forward (`docs/format.md` §4.3,
-//!   residual form) with its trainable tensors as [`candle_core::Var`]s;
+//! - [`TrainModel`]: `pesc-model`'s [`pesc_model::Transformer`] with its
+//!   base frozen, LoRA on the targeted projections and the routers and
+//!   adapters trainable ([`candle_core::Var`]s); padded batches, adapter
+//!   dropout, the balancing loss and gradient checkpointing;
 //! - [`Dataset`]: JSONL records (reference, Alpaca, chat, pre-tokenized)
 //!   turned into token ids with the loss on response tokens only;
 //! - [`AdamW`] and the learning-rate schedule;
@@ -11,16 +13,15 @@
 //! - [`RouteStats`]: where a model routes each data source's tokens.
 
 mod data;
-mod frozen;
 mod model;
 mod optim;
-mod rng;
 mod routes;
 mod run;
 
 pub use data::{Dataset, Example, Template, Tokenizing, IGNORE};
-pub use model::{trainable, LoraTarget, Output, Step, TrainModel, TrainOptions};
+pub use model::{lora_name, trainable, Output, Step, TrainModel, TrainOptions};
 pub use optim::{clip_grad_norm, lr_at, AdamW};
+pub use pesc_model::Projection;
 pub use routes::RouteStats;
 pub use run::{evaluate, Metrics, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFIG, LORA_WEIGHTS, METRICS, MOE_WEIGHTS};
 

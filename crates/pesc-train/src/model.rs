@@ -1,66 +1,16 @@
-//! The differentiable PESC forward: the runner's computation (`pesc-model`'s
-//! transformer) on candle autograd, with the base frozen and the adapters,
-//! routers and LoRA matrices trainable.
+//! The model being trained: the shared [`Transformer`] with its base
+//! projections frozen (input-only gradient; NF4 codes dequantized at each use
+//! for QLoRA), LoRA pairs on the targeted projections, and the PESC routers
+//! and adapters trainable. This module adds what training needs and the
+//! runner does not: padded batches, adapter dropout, the balancing loss, the
+//! cross-entropy and gradient checkpointing.
 
-use crate::frozen::{matmul_t, FrozenWeight};
-use crate::rng::{uniform, SplitMix64};
 use crate::{Example, Result, TrainError};
 use candle_core::{DType, Device, Tensor, Var, D};
-use pesc_arch::{ExpertNaming, ModelConfig, Moe, PescParams};
-use pesc_model::ops::{causal_mask, rms_norm, softmax_last};
-use pesc_model::{rope, StoredNf4, Weights};
-use std::sync::Arc;
-
-/// A base linear layer LoRA can adapt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LoraTarget {
-    /// `self_attn.q_proj`.
-    Q,
-    /// `self_attn.k_proj`.
-    K,
-    /// `self_attn.v_proj`.
-    V,
-    /// `self_attn.o_proj`.
-    O,
-    /// `mlp.gate_proj` (the shared FFN).
-    Gate,
-    /// `mlp.up_proj`.
-    Up,
-    /// `mlp.down_proj`.
-    Down,
-}
-
-impl LoraTarget {
-    /// All targets, the default.
-    pub const ALL: [LoraTarget; 7] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
-
-    /// PEFT's module name (`q_proj`, ...).
-    #[must_use]
-    pub fn module(self) -> &'static str {
-        match self {
-            Self::Q => "q_proj",
-            Self::K => "k_proj",
-            Self::V => "v_proj",
-            Self::O => "o_proj",
-            Self::Gate => "gate_proj",
-            Self::Up => "up_proj",
-            Self::Down => "down_proj",
-        }
-    }
-
-    /// Parses `q`, `q_proj`, `gate`, `gate_proj`, ...
-    pub fn parse(s: &str) -> Option<Self> {
-        let s = s.trim();
-        Self::ALL.into_iter().find(|t| t.module() == s || t.module().trim_end_matches("_proj") == s)
-    }
-
-    fn prefix(self) -> &'static str {
-        match self {
-            Self::Q | Self::K | Self::V | Self::O => "self_attn",
-            Self::Gate | Self::Up | Self::Down => "mlp",
-        }
-    }
-}
+use pesc_arch::{ModelConfig, Moe, PescParams};
+use pesc_model::ops::softmax_last;
+use pesc_model::{LoadOptions, Lora, Nf4Policy, Pass, Projection, Role, Routing, Transformer, Weights};
+use pesc_tensor::SplitMix64;
 
 /// What is trained and how.
 #[derive(Debug, Clone)]
@@ -70,7 +20,7 @@ pub struct TrainOptions {
     /// LoRA alpha; the delta is scaled by `alpha / r`.
     pub lora_alpha: f64,
     /// The base linears that get LoRA.
-    pub lora_targets: Vec<LoraTarget>,
+    pub lora_targets: Vec<Projection>,
     /// Dropout on the adapter input while training.
     pub adapter_dropout: f64,
     /// Coefficient of the balancing loss.
@@ -93,7 +43,7 @@ impl Default for TrainOptions {
         TrainOptions {
             lora_r: 64,
             lora_alpha: 16.0,
-            lora_targets: LoraTarget::ALL.to_vec(),
+            lora_targets: Projection::ALL.to_vec(),
             adapter_dropout: 0.1,
             aux_loss_coef: 0.01,
             seed: 0,
@@ -104,73 +54,12 @@ impl Default for TrainOptions {
     }
 }
 
-/// A frozen base matrix `[out, in]`, its bias, and LoRA `A [r, in]`, `B [out, r]`.
-struct Linear {
-    w: FrozenWeight,
-    b: Option<Tensor>,
-    lora: Option<(Var, Var)>,
-    scale: f64,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = matmul_t(x, &self.w)?;
-        if let Some((a, b)) = &self.lora {
-            y = (y + (x.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * self.scale)?)?;
-        }
-        if let Some(bias) = &self.b {
-            y = y.broadcast_add(bias)?;
-        }
-        Ok(y)
-    }
-}
-
-struct Adapter {
-    down: Var,
-    up: Var,
-}
-
-struct Layer {
-    input_norm: Tensor,
-    post_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-    /// PESC only (a dense model trains LoRA alone).
-    router: Option<Var>,
-    experts: Vec<Adapter>,
-}
-
-impl Layer {
-    /// The dense SwiGLU FFN, `down(silu(gate(h)) * up(h))`.
-    fn ffn(&self, h: &Tensor) -> Result<Tensor> {
-        self.down.forward(&(self.gate.forward(h)?.silu()? * self.up.forward(h)?)?)
-    }
-}
-
 /// A PESC model prepared for training.
 pub struct TrainModel {
-    layers: Vec<Layer>,
-    embed: Tensor,
-    norm: Tensor,
-    lm_head: FrozenWeight,
-    inv_freq: Vec<f32>,
-    eps: f64,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    window: Option<usize>,
-    vocab: usize,
-    top_k: usize,
-    scaling: f64,
+    model: Transformer,
     /// Trainable tensors in a fixed order, by their saved names.
     params: Vec<(String, Var)>,
     opts: TrainOptions,
-    device: Device,
 }
 
 /// What one forward pass on a batch returns.
@@ -203,16 +92,12 @@ pub struct Step {
 
 /// A batch laid out for the forward pass.
 struct Prepared {
-    b: usize,
-    t: usize,
     ids: Tensor,
     valid: Tensor,
     tokens: usize,
     rows: Tensor,
     targets: Tensor,
-    cos: Tensor,
-    sin: Tensor,
-    mask: Tensor,
+    pass: Pass,
 }
 
 /// The PESC settings of a model the trainer takes: a PESC model, or a dense one when LoRA is
@@ -246,10 +131,6 @@ pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
-fn usize_of(v: u64) -> usize {
-    usize::try_from(v).unwrap_or(usize::MAX)
-}
-
 /// PEFT's name of LoRA matrix `which` (`A` or `B`) of `module` (`model.layers.0.self_attn.q_proj`).
 #[must_use]
 pub fn lora_name(module: &str, which: &str) -> String {
@@ -263,7 +144,7 @@ impl TrainModel {
     /// `kaiming_uniform_(a = sqrt(5))` (`U(-1/sqrt(in), 1/sqrt(in))`, seeded by name), `B` zero.
     pub fn load(weights: &Weights, opts: TrainOptions, device: &Device) -> Result<Self> {
         let cfg = weights.config();
-        let pesc = trainable(cfg, opts.lora_r)?;
+        trainable(cfg, opts.lora_r)?;
         if !matches!(opts.dtype, DType::F32 | DType::F64) {
             return Err(TrainError::Invalid("the trainer computes in f32 (or f64)".into()));
         }
@@ -273,118 +154,29 @@ impl TrainModel {
         if !(0.0..1.0).contains(&opts.adapter_dropout) {
             return Err(TrainError::Invalid("the adapter dropout must be in [0, 1)".into()));
         }
-        let dtype = opts.dtype;
-        let tensor = |name: &str| -> Result<Tensor> {
-            let (values, shape) = weights.read_f32(name)?;
-            Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
-        };
-        let mut params: Vec<(String, Var)> = Vec::new();
+        // Block-quantized GGUF weights are dequantized: the frozen matmul passes gradients through.
+        let nf4 = if opts.nf4_base { Nf4Policy::QuantizeProjections } else { Nf4Policy::AtUse };
+        let mut model = Transformer::load(weights, LoadOptions { dtype: opts.dtype, keep_blocks: false, nf4 }, device)?;
         #[allow(clippy::cast_precision_loss)]
         let scale = if opts.lora_r > 0 { opts.lora_alpha / opts.lora_r as f64 } else { 0.0 };
-        let linear = |p: &str, target: LoraTarget, bias: bool, params: &mut Vec<(String, Var)>| -> Result<Linear> {
-            let module = format!("{p}.{}.{}", target.prefix(), target.module());
-            let name = format!("{module}.weight");
-            // QLoRA: an NF4 folder's codes as stored, or (--base nf4) the weight quantized here.
-            let stored = match weights.read_nf4(&name)? {
-                Some(s) => Some(s),
-                None if opts.nf4_base => {
-                    let (values, shape) = weights.read_f32(&name)?;
-                    let codes = pesc_quant::nf4::quantize(&values, pesc_quant::nf4::Nf4Options::default())
-                        .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e}")))?;
-                    Some(StoredNf4 { codes, dtype: pesc_tensor::DType::F32, shape })
+        let mut params: Vec<(String, Var)> = Vec::new();
+        for (site, linear) in model.linears_mut() {
+            match site.role {
+                Role::Projection(p) if opts.lora_r > 0 && opts.lora_targets.contains(&p) => {
+                    let (out, inp) = linear.dims()?;
+                    let (an, bn) = (lora_name(&site.module, "A"), lora_name(&site.module, "B"));
+                    let a = pesc_tensor::kaiming_uniform(opts.seed, &an, inp as u64, opts.lora_r * inp);
+                    let a = Var::from_tensor(&Tensor::from_vec(a, (opts.lora_r, inp), device)?.to_dtype(opts.dtype)?)?;
+                    let b = Var::zeros((out, opts.lora_r), opts.dtype, device)?;
+                    params.push((an, a.clone()));
+                    params.push((bn, b.clone()));
+                    linear.set_lora(Lora { a, b, scale });
                 }
-                None => None,
-            };
-            let w = if let Some(s) = stored {
-                let [o, i] = s.shape[..] else {
-                    return Err(TrainError::Invalid(format!("tensor `{name}` has shape {:?}, not a matrix", s.shape)));
-                };
-                FrozenWeight::Nf4 { codes: Arc::new(s.codes), original: s.dtype, shape: (o, i), dtype, device: device.clone() }
-            } else {
-                FrozenWeight::Tensor(tensor(&name)?)
-            };
-            let b = if bias { Some(tensor(&format!("{module}.bias"))?) } else { None };
-            let lora = if opts.lora_r > 0 && opts.lora_targets.contains(&target) {
-                let (out, inp) = w.dims()?;
-                let (an, bn) = (lora_name(&module, "A"), lora_name(&module, "B"));
-                #[allow(clippy::cast_precision_loss)]
-                let bound = 1.0 / (inp as f64).sqrt();
-                let a = Var::from_tensor(
-                    &Tensor::from_vec(uniform(opts.seed, &an, opts.lora_r * inp, bound), (opts.lora_r, inp), device)?.to_dtype(dtype)?,
-                )?;
-                let bv = Var::zeros((out, opts.lora_r), dtype, device)?;
-                params.push((an, a.clone()));
-                params.push((bn, bv.clone()));
-                Some((a, bv))
-            } else {
-                None
-            };
-            Ok(Linear { w, b, lora, scale })
-        };
-        let mut layers = Vec::new();
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let q = linear(&p, LoraTarget::Q, cfg.qkv_bias, &mut params)?;
-            let k = linear(&p, LoraTarget::K, cfg.qkv_bias, &mut params)?;
-            let v = linear(&p, LoraTarget::V, cfg.qkv_bias, &mut params)?;
-            let o = linear(&p, LoraTarget::O, cfg.o_bias, &mut params)?;
-            let gate = linear(&p, LoraTarget::Gate, cfg.mlp_bias, &mut params)?;
-            let up = linear(&p, LoraTarget::Up, cfg.mlp_bias, &mut params)?;
-            let down = linear(&p, LoraTarget::Down, cfg.mlp_bias, &mut params)?;
-            let mut router = None;
-            let mut experts = Vec::new();
-            if pesc.is_some() {
-                let rname = format!("{p}.mlp.moe_adapter.router.weight");
-                let r = Var::from_tensor(&tensor(&rname)?)?;
-                params.push((rname, r.clone()));
-                router = Some(r);
+                Role::Router | Role::Adapter { .. } => params.push((format!("{}.weight", site.module), linear.make_trainable()?)),
+                _ => {}
             }
-            for j in 0..pesc.map_or(0, |p| p.num_experts) {
-                let (dn, un) = (ExpertNaming::Camelidae.adapter(l, j, "down"), ExpertNaming::Camelidae.adapter(l, j, "up"));
-                let down = Var::from_tensor(&tensor(&dn)?)?;
-                let up = Var::from_tensor(&tensor(&un)?)?;
-                params.push((dn, down.clone()));
-                params.push((un, up.clone()));
-                experts.push(Adapter { down, up });
-            }
-            layers.push(Layer {
-                input_norm: tensor(&format!("{p}.input_layernorm.weight"))?,
-                post_norm: tensor(&format!("{p}.post_attention_layernorm.weight"))?,
-                q,
-                k,
-                v,
-                o,
-                gate,
-                up,
-                down,
-                router,
-                experts,
-            });
         }
-        let embed = tensor("model.embed_tokens.weight")?;
-        let lm_head = FrozenWeight::Tensor(if cfg.tie_word_embeddings && !weights.has("lm_head.weight") {
-            embed.clone()
-        } else {
-            tensor("lm_head.weight")?
-        });
-        Ok(TrainModel {
-            layers,
-            embed,
-            norm: tensor("model.norm.weight")?,
-            lm_head,
-            inv_freq: rope::inv_freq(cfg)?,
-            eps: cfg.rms_norm_eps,
-            num_heads: usize_of(cfg.num_heads),
-            num_kv_heads: usize_of(cfg.num_kv_heads),
-            head_dim: usize_of(cfg.head_dim),
-            window: cfg.sliding_window.map(usize_of),
-            vocab: usize_of(cfg.vocab_size),
-            top_k: pesc.map_or(0, |p| usize_of(p.top_k)),
-            scaling: pesc.map_or(0.0, |p| p.scaling),
-            params,
-            opts,
-            device: device.clone(),
-        })
+        Ok(TrainModel { model, params, opts })
     }
 
     /// The trainable tensors, by saved name (PEFT names for LoRA, model names for the rest).
@@ -402,17 +194,17 @@ impl TrainModel {
     /// Vocabulary size.
     #[must_use]
     pub fn vocab_size(&self) -> usize {
-        self.vocab
+        self.model.vocab_size()
     }
 
     /// Runs `batch` (right-padded to its longest example). With `dropout_key`
     /// (training), the adapter input is dropped out, seeded by the key.
     pub fn forward(&self, batch: &[&Example], dropout_key: Option<u64>) -> Result<Output> {
         let p = self.prepare(batch)?;
-        let mut x = self.embed.index_select(&p.ids, 0)?;
-        let mut aux = Tensor::zeros((), self.opts.dtype, &self.device)?;
+        let mut x = self.model.embed(&p.ids)?;
+        let mut aux = Tensor::zeros((), self.opts.dtype, self.model.device())?;
         let mut load = Vec::new();
-        for li in 0..self.layers.len() {
+        for li in 0..self.model.num_layers() {
             let (next, routed) = self.layer(li, &x, &p, dropout_key)?;
             if let Some((layer_aux, shares)) = routed {
                 aux = (aux + layer_aux)?;
@@ -435,9 +227,9 @@ impl TrainModel {
             return Ok(Step { ce: scalar(&out.ce)?, aux: scalar(&out.aux)?, load: out.load, tokens: out.tokens, grads });
         }
         let p = self.prepare(batch)?;
-        let mut inputs = vec![self.embed.index_select(&p.ids, 0)?];
-        let (mut aux, mut load) = (Tensor::zeros((), self.opts.dtype, &self.device)?, Vec::new());
-        for li in 0..self.layers.len() {
+        let mut inputs = vec![self.model.embed(&p.ids)?];
+        let (mut aux, mut load) = (Tensor::zeros((), self.opts.dtype, self.model.device())?, Vec::new());
+        for li in 0..self.model.num_layers() {
             let (next, routed) = self.layer(li, &inputs[li], &p, dropout_key)?;
             if let Some((layer_aux, shares)) = routed {
                 aux = (aux + layer_aux.detach())?;
@@ -460,14 +252,14 @@ impl TrainModel {
         let store = (&ce * scale)?.backward()?;
         collect(&store)?;
         let mut upstream = store.get(top.as_tensor()).cloned();
-        for li in (0..self.layers.len()).rev() {
+        for li in (0..self.model.num_layers()).rev() {
             let input = Var::from_tensor(&inputs[li])?;
             let (out, routed) = self.layer(li, input.as_tensor(), &p, dropout_key)?;
             // <out, dL/dout> (constant) and the layer's own balancing loss: their gradients are
             // this layer's share of the whole loss's.
             let mut objective = match upstream.take() {
                 Some(grad_out) => (out * grad_out)?.sum_all()?,
-                None => Tensor::zeros((), self.opts.dtype, &self.device)?,
+                None => Tensor::zeros((), self.opts.dtype, self.model.device())?,
             };
             if let Some((layer_aux, _)) = routed {
                 objective = (objective + (layer_aux * (self.opts.aux_loss_coef * scale))?)?;
@@ -489,10 +281,8 @@ impl TrainModel {
         let mut valid = Vec::new();
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         for (i, e) in batch.iter().enumerate() {
+            self.model.check_tokens(&e.input_ids)?;
             for (j, &id) in e.input_ids.iter().enumerate() {
-                if id as usize >= self.vocab {
-                    return Err(TrainError::Invalid(format!("token id {id} is outside the vocabulary (size {})", self.vocab)));
-                }
                 ids[i * t + j] = id;
                 valid.push(u32_of(i * t + j));
                 if let Some(&next) = e.labels.get(j + 1) {
@@ -506,154 +296,74 @@ impl TrainModel {
         if targets.is_empty() {
             return Err(TrainError::Invalid("the batch has no response tokens".into()));
         }
-        let dev = &self.device;
-        let (cos, sin) = rope::tables(&self.inv_freq, 0, t, self.opts.dtype, dev)?;
+        let dev = self.model.device();
         let (tokens, m) = (valid.len(), targets.len());
         Ok(Prepared {
-            b,
-            t,
             ids: Tensor::from_vec(ids, b * t, dev)?,
             valid: Tensor::from_vec(valid, tokens, dev)?,
             tokens,
             rows: Tensor::from_vec(rows, m, dev)?,
             targets: Tensor::from_vec(targets, (m, 1), dev)?,
-            cos,
-            sin,
-            mask: causal_mask(0, t, self.window, dev)?.to_dtype(self.opts.dtype)?,
+            pass: self.model.pass(b, t, 0)?,
         })
     }
 
     /// Layer `li` on the residual stream `x`: the new stream and, for a PESC layer, its balancing
-    /// loss (without the coefficient) and expert shares.
+    /// loss (without the coefficient) and expert shares. With `dropout_key` the adapters'
+    /// input is dropped out.
     #[allow(clippy::type_complexity)]
     fn layer(&self, li: usize, x: &Tensor, p: &Prepared, dropout_key: Option<u64>) -> Result<(Tensor, Option<(Tensor, Vec<f64>)>)> {
-        let layer = &self.layers[li];
-        let h = rms_norm(x, &layer.input_norm, self.eps)?;
-        let a = self.attention(layer, &h, p.b, p.t, &p.cos, &p.sin, &p.mask)?;
-        let x = (x + a)?;
-        let h = rms_norm(&x, &layer.post_norm, self.eps)?;
-        let key = dropout_key.map(|k| k ^ (li as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let (y, routed) = match &layer.router {
-            Some(router) => {
-                let (y, layer_aux, shares) = self.pesc(layer, router, &h, &p.valid, key)?;
-                (y, Some((layer_aux, shares)))
-            }
-            None => (layer.ffn(&h)?, None),
+        let key = dropout_key.filter(|_| self.opts.adapter_dropout > 0.0).map(|k| k ^ (li as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let dropout = |j: usize, rows: &Tensor| -> pesc_model::Result<Tensor> {
+            let key = key.unwrap_or(0) ^ (j as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            Ok(rows.broadcast_mul(&self.dropout_mask(key, rows.dims())?)?)
         };
-        Ok(((x + y)?, routed))
+        let hook: Option<&pesc_model::AdapterInput<'_>> = if key.is_some() { Some(&dropout) } else { None };
+        let (y, routing) = self.model.layer(li, x, &p.pass, None, hook)?;
+        Ok((y, routing.map(|r| self.balancing(&r, &p.valid)).transpose()?))
     }
 
     /// Mean cross-entropy of the final stream `x` at the target rows.
     fn head(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
-        let x = rms_norm(&x.index_select(&p.rows, 0)?, &self.norm, self.eps)?;
-        let logits = matmul_t(&x, &self.lm_head)?;
+        let logits = self.model.logits(&x.index_select(&p.rows, 0)?)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
         let picked = logits.gather(&p.targets, 1)?;
         Ok((lse - picked)?.mean_all()?)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn attention(&self, layer: &Layer, h: &Tensor, b: usize, t: usize, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads =
-            |x: Tensor, n: usize| -> Result<Tensor> { Ok(x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?.reshape((b * n, t, d))?) };
-        let q = rope::apply(&heads(layer.q.forward(h)?, nh)?, cos, sin)?;
-        let k = rope::apply(&heads(layer.k.forward(h)?, nkv)?, cos, sin)?;
-        let v = heads(layer.v.forward(h)?, nkv)?;
-        let rep = nh / nkv;
-        let expand = |x: Tensor| -> Result<Tensor> {
-            if rep == 1 {
-                return Ok(x);
-            }
-            Ok(x.reshape((b, nkv, 1, t, d))?.broadcast_as((b, nkv, rep, t, d))?.contiguous()?.reshape((b * nh, t, d))?)
-        };
-        let (k, v) = (expand(k)?, expand(v)?);
-        #[allow(clippy::cast_precision_loss)]
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = softmax_last(&scores)?;
-        let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
-        layer.o.forward(&out)
-    }
-
-    /// The PESC FFN of §4.3 on `h` `[N, H]`; returns the output, the layer's
-    /// balancing loss (without the coefficient) and the expert shares over `valid` rows.
-    fn pesc(
-        &self,
-        layer: &Layer,
-        router: &Var,
-        h: &Tensor,
-        valid: &Tensor,
-        dropout_key: Option<u64>,
-    ) -> Result<(Tensor, Tensor, Vec<f64>)> {
-        let f = layer.ffn(h)?;
-        let logits = h.matmul(&router.as_tensor().t()?)?;
-        let (n, e) = logits.dims2()?;
-        let k = self.top_k;
-        // Top-k chosen on the values, without gradient (lower index first on ties, as the runner).
-        let values = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-        let chosen: Vec<Vec<usize>> = values
-            .iter()
-            .map(|r| {
-                let mut order: Vec<usize> = (0..e).collect();
-                order.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
-                order.truncate(k);
-                order
-            })
-            .collect();
-        let idx: Vec<u32> = chosen.iter().flatten().map(|&j| u32_of(j)).collect();
-        let idx = Tensor::from_vec(idx, (n, k), &self.device)?;
-        let w = softmax_last(&logits.gather(&idx, 1)?)?.flatten_all()?;
-        let mut acc = f.zeros_like()?;
-        for (j, ad) in layer.experts.iter().enumerate() {
-            let (rows, slots): (Vec<u32>, Vec<u32>) = chosen
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| c.iter().position(|&x| x == j).map(|s| (u32_of(i), u32_of(i * k + s))))
-                .unzip();
-            if rows.is_empty() {
-                continue;
-            }
-            let m = rows.len();
-            let rows = Tensor::from_vec(rows, m, &self.device)?;
-            let wj = w.index_select(&Tensor::from_vec(slots, m, &self.device)?, 0)?.unsqueeze(1)?;
-            let mut xj = f.index_select(&rows, 0)?;
-            if let Some(key) = dropout_key.filter(|_| self.opts.adapter_dropout > 0.0) {
-                xj = xj.broadcast_mul(&self.dropout_mask(key ^ (j as u64).wrapping_mul(0xd1b5_4a32_d192_ed03), xj.dims())?)?;
-            }
-            let out = xj.matmul(&ad.down.as_tensor().t()?)?.gelu_erf()?.matmul(&ad.up.as_tensor().t()?)?;
-            acc = acc.index_add(&rows, &out.broadcast_mul(&wj)?, 0)?;
-        }
-        let y = (f + (acc * self.scaling)?)?;
-        // Switch balancing loss n * sum_i f_i p_i over the non-padding tokens:
-        // f_i = share of the top-k assignments that went to expert i (sums to 1),
-        // p_i = mean router probability over all experts (carries the gradient).
+    /// The Switch balancing loss `n * sum_i f_i p_i` of one layer's routing over the
+    /// non-padding rows `valid` (without the coefficient), and the expert shares `f_i`:
+    /// `f_i` = share of the top-k assignments that went to expert `i` (sums to 1),
+    /// `p_i` = mean router probability over all experts (carries the gradient).
+    fn balancing(&self, routing: &Routing, valid: &Tensor) -> Result<(Tensor, Vec<f64>)> {
+        let (_, e) = routing.logits.dims2()?;
+        let k = routing.chosen.first().map_or(0, Vec::len);
         let valid_rows = valid.to_vec1::<u32>()?;
         let mut counts = vec![0f64; e];
         for &r in &valid_rows {
-            for &j in &chosen[r as usize] {
+            for &j in &routing.chosen[r as usize] {
                 counts[j] += 1.0;
             }
         }
         #[allow(clippy::cast_precision_loss)]
         let total = (valid_rows.len() * k) as f64;
         let shares: Vec<f64> = counts.iter().map(|c| c / total).collect();
-        let p = softmax_last(&logits.index_select(valid, 0)?)?.mean(0)?;
-        let fvec = Tensor::from_vec(shares.clone(), e, &self.device)?.to_dtype(self.opts.dtype)?;
+        let p = softmax_last(&routing.logits.index_select(valid, 0)?)?.mean(0)?;
+        let fvec = Tensor::from_vec(shares.clone(), e, self.model.device())?.to_dtype(self.opts.dtype)?;
         #[allow(clippy::cast_precision_loss)]
         let aux = ((p * fvec)?.sum_all()? * e as f64)?;
-        Ok((y, aux, shares))
+        Ok((aux, shares))
     }
 
     /// Inverted-dropout mask: 0 with probability p, else 1/(1-p).
-    fn dropout_mask(&self, key: u64, dims: &[usize]) -> Result<Tensor> {
+    fn dropout_mask(&self, key: u64, dims: &[usize]) -> candle_core::Result<Tensor> {
         let p = self.opts.adapter_dropout;
         let mut g = SplitMix64::keyed(key, "adapter-dropout");
         let keep = 1.0 / (1.0 - p);
         let count = dims.iter().product();
-        let m: Vec<f64> = (0..count).map(|_| if g.unit() < p { 0.0 } else { keep }).collect();
-        Ok(Tensor::from_vec(m, dims, &self.device)?.to_dtype(self.opts.dtype)?)
+        let m: Vec<f64> = (0..count).map(|_| if g.next_f64() < p { 0.0 } else { keep }).collect();
+        Tensor::from_vec(m, dims, self.model.device())?.to_dtype(self.opts.dtype)
     }
 }
 

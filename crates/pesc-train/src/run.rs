@@ -8,9 +8,9 @@
 
 use crate::model::{accumulate, scalar};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
-use crate::rng::SplitMix64;
 use crate::{Example, Result, TrainError, TrainModel};
 use candle_core::{DType, Tensor, Var};
+use pesc_tensor::SplitMix64;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;

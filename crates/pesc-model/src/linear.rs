@@ -1,0 +1,260 @@
+//! How a linear layer `y = x W^T (+ LoRA) (+ b)` is applied. The layer stack
+//! is written once ([`crate::Transformer`]); what differs between the runner
+//! and the trainer is only the kind of each linear layer:
+//!
+//! - [`Weight::Frozen`]: a matrix in the compute dtype. Its product is attached
+//!   to the graph by a custom op whose backward computes the input's gradient
+//!   only: candle's matmul backward would also compute the frozen weight's
+//!   (one more matmul per layer and a weight-sized tensor kept until the end
+//!   of `backward`). Without a graph (the runner) it is a plain matmul.
+//! - [`Weight::Quantized`]: a GGUF block-quantized matrix multiplied as stored
+//!   with ggml's kernels (the input is rounded to 8-bit blocks, as llama.cpp
+//!   does on CPU); no gradient.
+//! - [`Weight::Nf4`]: NF4 codes dequantized (bitsandbytes-exact) at each use,
+//!   forward and backward, so a frozen base costs half a byte per weight
+//!   (QLoRA); input-only gradient like `Frozen`.
+//! - [`Weight::Trainable`]: a [`Var`]; gradients flow to it and to the input.
+//!
+//! Any of them may carry a LoRA pair ([`Lora`]) and a bias.
+
+use crate::Result;
+use candle_core::backend::BackendStorage;
+use candle_core::quantized::QMatMul;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Module, Shape, Storage, Tensor, Var};
+use pesc_quant::nf4::Nf4Tensor;
+use std::sync::{Arc, Mutex};
+
+/// An NF4 matrix held as codes.
+#[derive(Clone)]
+pub struct Nf4Weight {
+    /// The codes and block scales.
+    pub codes: Arc<Nf4Tensor>,
+    /// The dtype values are rounded to after dequantization (bitsandbytes' output dtype).
+    pub original: pesc_tensor::DType,
+    /// `(out, in)`.
+    pub shape: (usize, usize),
+    /// Compute dtype.
+    pub dtype: DType,
+    /// Where the dequantized matrix goes.
+    pub device: Device,
+}
+
+/// The weight matrix `[out, in]` of a linear layer, and how it is applied.
+#[derive(Clone)]
+pub enum Weight {
+    /// Held as a tensor; frozen (input-only gradient).
+    Frozen(Tensor),
+    /// GGUF block-quantized, multiplied as stored; no gradient.
+    Quantized(QMatMul),
+    /// NF4 codes, dequantized at each use; frozen (input-only gradient).
+    Nf4(Nf4Weight),
+    /// Trained: gradients flow to it.
+    Trainable(Var),
+}
+
+impl Weight {
+    /// The matrix as a tensor (for NF4, a fresh dequantization); `None` for a block-quantized one.
+    fn matrix(&self) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(match self {
+            Weight::Frozen(t) => t.clone(),
+            Weight::Nf4(q) => Tensor::from_vec(pesc_arch::dequantize_as(&q.codes, q.original), q.shape, &q.device)?.to_dtype(q.dtype)?,
+            Weight::Trainable(v) => v.as_tensor().clone(),
+            Weight::Quantized(_) => return Ok(None),
+        }))
+    }
+}
+
+/// A LoRA pair: `A [r, in]`, `B [out, r]`, the delta `x A^T B^T` scaled by `scale`.
+#[derive(Clone)]
+pub struct Lora {
+    /// `lora_A`.
+    pub a: Var,
+    /// `lora_B`.
+    pub b: Var,
+    /// `alpha / r`.
+    pub scale: f64,
+}
+
+/// A linear layer.
+#[derive(Clone)]
+pub struct Linear {
+    weight: Weight,
+    bias: Option<Tensor>,
+    lora: Option<Lora>,
+}
+
+impl Linear {
+    /// A layer without LoRA.
+    #[must_use]
+    pub fn new(weight: Weight, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias, lora: None }
+    }
+
+    /// The weight.
+    #[must_use]
+    pub fn weight(&self) -> &Weight {
+        &self.weight
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match &self.weight {
+            Weight::Frozen(t) => t.dims2()?,
+            Weight::Trainable(v) => v.as_tensor().dims2()?,
+            Weight::Nf4(q) => q.shape,
+            Weight::Quantized(QMatMul::QTensor(q)) => q.shape().dims2()?,
+            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims2()?,
+        })
+    }
+
+    /// Adds a LoRA pair (replacing any).
+    pub fn set_lora(&mut self, lora: Lora) {
+        self.lora = Some(lora);
+    }
+
+    /// Makes the weight trainable, starting from its values (in the compute dtype); returns it.
+    pub fn make_trainable(&mut self) -> Result<Var> {
+        if let Weight::Trainable(v) = &self.weight {
+            return Ok(v.clone());
+        }
+        let values = self.weight.matrix()?.ok_or(crate::ModelError::QuantizedTrainable)?;
+        let var = Var::from_tensor(&values)?;
+        self.weight = Weight::Trainable(var.clone());
+        Ok(var)
+    }
+
+    /// `x W^T`, plus the LoRA delta and the bias when present; `x` is `[n, in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = match &self.weight {
+            Weight::Frozen(_) | Weight::Nf4(_) => frozen_matmul(x, &self.weight)?,
+            Weight::Quantized(q) => q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
+            Weight::Trainable(w) => x.matmul(&w.as_tensor().t()?)?,
+        };
+        if let Some(l) = &self.lora {
+            y = (y + (x.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)? * l.scale)?)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y)
+    }
+}
+
+/// `x W^T` with a frozen `W`; the gradient reaches `x` only.
+fn frozen_matmul(x: &Tensor, w: &Weight) -> candle_core::Result<Tensor> {
+    let m = w.matrix()?.ok_or_else(|| candle_core::Error::Msg("frozen matmul of a block-quantized weight".into()))?;
+    let y = x.detach().matmul(&m.t()?)?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    x.apply_op1(Attach { value: Mutex::new(Some(y)), w: w.clone() })
+}
+
+/// Hands its precomputed product to the graph once; backward multiplies by `w`.
+struct Attach {
+    value: Mutex<Option<Tensor>>,
+    w: Weight,
+}
+
+impl Attach {
+    /// The product, contiguous from offset 0 (as a custom op's output must be).
+    fn take(&self) -> candle_core::Result<Tensor> {
+        let y = self
+            .value
+            .lock()
+            .ok()
+            .and_then(|mut v| v.take())
+            .ok_or_else(|| candle_core::Error::Msg("frozen matmul: the forward pass ran twice".into()))?;
+        let (_, layout) = y.storage_and_layout();
+        if layout.is_contiguous() && layout.start_offset() == 0 {
+            Ok(y)
+        } else {
+            y.copy()
+        }
+    }
+}
+
+impl CustomOp1 for Attach {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.take()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => Err(candle_core::Error::Msg("frozen matmul: the product is not on the CPU".into())),
+        }
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let y = self.take()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => Err(candle_core::Error::Msg("frozen matmul: the product is not on the GPU".into())),
+        }
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let m = self.w.matrix()?.ok_or_else(|| candle_core::Error::Msg("frozen matmul of a block-quantized weight".into()))?;
+        Ok(Some(grad.matmul(&m)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pesc_quant::nf4::{quantize, roundtrip, Nf4Options};
+
+    /// `y = x W^T` and `d sum(y * c) / dx` through `Linear`, and through candle's matmul on `plain`.
+    fn both(w: &Weight, plain: &Tensor) -> [(Vec<f32>, Vec<f32>); 2] {
+        let dev = Device::Cpu;
+        let xs: Vec<f32> = (0..3 * 70).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let c = Tensor::from_vec((0..3 * 5).map(|i| i as f32 - 7.0).collect::<Vec<_>>(), (3, 5), &dev).unwrap();
+        let run = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let x = Var::from_tensor(&Tensor::from_vec(xs.clone(), (3, 70), &dev).unwrap()).unwrap();
+            let y = f(x.as_tensor());
+            let grads = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            (y.flatten_all().unwrap().to_vec1().unwrap(), g)
+        };
+        let linear = Linear::new(w.clone(), None);
+        [run(&|x| linear.forward(x).unwrap()), run(&|x| x.matmul(&plain.t().unwrap()).unwrap())]
+    }
+
+    #[test]
+    fn frozen_matmul_equals_candles_for_tensors_and_nf4() {
+        let values: Vec<f32> = (0..5 * 70).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
+        let w = Tensor::from_vec(values.clone(), (5, 70), &Device::Cpu).unwrap();
+        let [ours, theirs] = both(&Weight::Frozen(w.clone()), &w);
+        assert_eq!(ours, theirs);
+        let nf4 = Weight::Nf4(Nf4Weight {
+            codes: Arc::new(quantize(&values, Nf4Options::default()).unwrap()),
+            original: pesc_tensor::DType::F32,
+            shape: (5, 70),
+            dtype: DType::F32,
+            device: Device::Cpu,
+        });
+        let rounded = Tensor::from_vec(roundtrip(&values, Nf4Options::default()).unwrap(), (5, 70), &Device::Cpu).unwrap();
+        let [ours, theirs] = both(&nf4, &rounded);
+        assert_eq!(ours, theirs);
+        assert_ne!(ours, both(&Weight::Frozen(w.clone()), &w)[0], "NF4 rounds the weights");
+    }
+
+    #[test]
+    fn frozen_weights_get_no_gradient_and_trainable_ones_do() {
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], (2, 3), &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::from_vec(vec![0.5f32, -1., 2.], (1, 3), &dev).unwrap()).unwrap();
+        let mut linear = Linear::new(Weight::Frozen(w.clone()), None);
+        let frozen = linear.forward(x.as_tensor()).unwrap();
+        let var = linear.make_trainable().unwrap();
+        let trained = linear.forward(x.as_tensor()).unwrap();
+        assert_eq!(frozen.to_vec2::<f32>().unwrap(), trained.to_vec2::<f32>().unwrap());
+        let grads = trained.sum_all().unwrap().backward().unwrap();
+        assert_eq!(grads.get(var.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), [[0.5, -1., 2.], [0.5, -1., 2.]]);
+        assert_eq!(grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), [[5., 7., 9.]]);
+    }
+}
