@@ -54,7 +54,7 @@ echo "quantize --to q8_0:   pesc-convert ${ours_q8}s, convert_hf_to_gguf.py --ou
 echo "quantize --to q4_k_m: pesc-convert ${ours_q4}s, convert_hf_to_gguf.py f32 + llama-quantize ${conv_q4}s ($(ratio "$conv_q4" "$ours_q4") faster); llama-quantize alone ${lq_q4}s"
 
 echo "== decode on the q8_0 file"
-PESC_BENCH_MODEL="$TMP/ours-q8_0.gguf" PESC_BENCH_DTYPES=f32 cargo bench -q -p pesc-model --bench runner 2>/dev/null
+PESC_BENCH_MODEL="$TMP/ours-q8_0.gguf" PESC_BENCH_DTYPES=f32 cargo bench -q -p pesc-runner --bench runner 2>/dev/null
 "$VENV/bin/python" - "$TMP/ours-q8_0.gguf" <<'PY'
 import os, statistics, sys, time
 import llama_cpp

@@ -24,7 +24,7 @@ LlamaForCausalLM(cfg).save_pretrained(sys.argv[1])
 PY
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-PESC_BENCH_MODEL="$work/smollm2-shaped" cargo bench -q -p pesc-model --bench runner 2>/dev/null
+PESC_BENCH_MODEL="$work/smollm2-shaped" cargo bench -q -p pesc-runner --bench runner 2>/dev/null
 
 "$py" - "$work/smollm2-shaped" <<'PY'
 import sys, time, statistics, torch

@@ -93,13 +93,13 @@ pub enum DTypeArg {
 }
 
 impl DTypeArg {
-    pub fn store(self) -> pesc_craft::StoreDType {
+    pub fn store(self) -> pesc_hf::StoreDType {
         use pesc_tensor::DType;
         match self {
-            DTypeArg::Keep => pesc_craft::StoreDType::Keep,
-            DTypeArg::F32 => pesc_craft::StoreDType::To(DType::F32),
-            DTypeArg::Bf16 => pesc_craft::StoreDType::To(DType::BF16),
-            DTypeArg::F16 => pesc_craft::StoreDType::To(DType::F16),
+            DTypeArg::Keep => pesc_hf::StoreDType::Keep,
+            DTypeArg::F32 => pesc_hf::StoreDType::To(DType::F32),
+            DTypeArg::Bf16 => pesc_hf::StoreDType::To(DType::BF16),
+            DTypeArg::F16 => pesc_hf::StoreDType::To(DType::F16),
         }
     }
 
@@ -201,10 +201,10 @@ pub enum ComputeArg {
 }
 
 impl ComputeArg {
-    pub fn dtype(self) -> pesc_model::ComputeDType {
+    pub fn dtype(self) -> pesc_runner::ComputeDType {
         match self {
-            ComputeArg::F32 => pesc_model::ComputeDType::F32,
-            ComputeArg::Bf16 => pesc_model::ComputeDType::BF16,
+            ComputeArg::F32 => pesc_runner::ComputeDType::F32,
+            ComputeArg::Bf16 => pesc_runner::ComputeDType::BF16,
         }
     }
 }
@@ -380,8 +380,8 @@ pub enum QuantizeTo {
 
 impl QuantizeTo {
     /// The GGUF type, or `None` for the folder format NF4.
-    pub fn gguf(self) -> Option<pesc_craft::GgufType> {
-        use pesc_craft::GgufType;
+    pub fn gguf(self) -> Option<pesc_llamacpp::GgufType> {
+        use pesc_llamacpp::GgufType;
         Some(match self {
             QuantizeTo::Nf4 => return None,
             QuantizeTo::F32 => GgufType::F32,

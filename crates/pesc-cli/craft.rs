@@ -1,10 +1,11 @@
 //! `pesc-convert craft` and `pesc-convert upcycle`.
 
 use crate::cli::{CraftArgs, UpcycleArgs};
+use crate::publish::Folder;
 use crate::{output, publish};
 use anyhow::Result;
-use pesc_arch::Model;
 use pesc_craft::{CraftParams, UpcycleParams};
+use pesc_hf::Model;
 use serde_json::json;
 
 /// A path as the model card quotes it: its last component, so that the card
@@ -49,10 +50,10 @@ pub fn run_craft(a: &CraftArgs) -> Result<()> {
         a.out.shard_size,
         if a.out.force { " --force" } else { "" }
     );
-    let card = pesc_craft::craft_card(&model, &p, &command);
-    let (total, active) = pesc_craft::craft_counts(&model, &p);
-    publish::write(&model, &a.out, "craft", parameters, Some(&card), &mut |m, out, bar| {
-        pesc_craft::craft(m, out, &p, a.out.shard_size, bar)
+    let card = pesc_craft::card::craft_card(&model, &p, &command);
+    let (total, active) = pesc_craft::card::craft_counts(&model, &p);
+    publish::write(&a.out, Folder::from_model(&model, "craft", parameters, Some(card)), |out, bar| {
+        pesc_craft::craft(&model, out, &p, a.out.shard_size, bar)
     })?;
     output::note(&format!(
         "crafted {} experts (top-{}, adapter_dim {}) on {} layers: {} parameters, {} active per token",
@@ -60,8 +61,8 @@ pub fn run_craft(a: &CraftArgs) -> Result<()> {
         p.top_k,
         p.adapter_dim,
         model.config.num_layers,
-        pesc_craft::thousands(total),
-        pesc_craft::thousands(active)
+        pesc_hf::thousands(total),
+        pesc_hf::thousands(active)
     ));
     Ok(())
 }
@@ -84,18 +85,18 @@ pub fn run_upcycle(a: &UpcycleArgs) -> Result<()> {
         a.dtype.name(),
         a.out.shard_size
     );
-    let card = pesc_craft::upcycle_card(&model, &p, &command);
-    let (total, active) = pesc_craft::upcycle_counts(&model, &p);
-    publish::write(&model, &a.out, "upcycle", parameters, Some(&card), &mut |m, out, bar| {
-        pesc_craft::upcycle(m, out, &p, a.out.shard_size, bar)
+    let card = pesc_craft::card::upcycle_card(&model, &p, &command);
+    let (total, active) = pesc_craft::card::upcycle_counts(&model, &p);
+    publish::write(&a.out, Folder::from_model(&model, "upcycle", parameters, Some(card)), |out, bar| {
+        pesc_craft::upcycle(&model, out, &p, a.out.shard_size, bar)
     })?;
     output::note(&format!(
         "upcycled to {} experts (top-{}) on {} layers: {} parameters, {} active per token",
         p.experts,
         p.top_k,
         model.config.num_layers,
-        pesc_craft::thousands(total),
-        pesc_craft::thousands(active)
+        pesc_hf::thousands(total),
+        pesc_hf::thousands(active)
     ));
     Ok(())
 }

@@ -3,7 +3,7 @@
 use crate::cli::InspectArgs;
 use crate::output::{self, human_bytes, thousands};
 use anyhow::Result;
-use pesc_arch::{Model, Summary};
+use pesc_hf::{Model, Summary};
 use pesc_io::Checkpoint;
 use serde_json::{json, Value};
 

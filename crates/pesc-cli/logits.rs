@@ -3,7 +3,7 @@
 use crate::cli::LogitsArgs;
 use crate::output;
 use anyhow::Result;
-use pesc_model::{Cache, Runner, Weights};
+use pesc_runner::{Cache, Runner, Weights};
 use pesc_tensor::DType;
 
 pub fn run(a: &LogitsArgs) -> Result<()> {

@@ -69,6 +69,24 @@ pub fn stop_cleanly_on_interrupt() {
     });
 }
 
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For `train`: the first Ctrl-C (or SIGTERM) asks the loop to stop after the
+/// current step, which it then checkpoints; a second one exits at once.
+pub fn stop_after_step_on_interrupt() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP_REQUESTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            #[allow(clippy::exit)]
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Whether Ctrl-C asked `train` to stop.
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Prints `error: ...` with its causes and picks the exit code.
 fn report(e: &anyhow::Error) -> ExitCode {
     if e.chain().any(|c| matches!(c.downcast_ref::<std::io::Error>(), Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe)) {

@@ -2,11 +2,12 @@
 
 use crate::cli::{MergeLoraArgs, OntoArg};
 use crate::craft::shown;
-use crate::{output, progress};
+use crate::output;
+use crate::publish::{self, Folder};
 use anyhow::Result;
-use pesc_arch::Model;
-use pesc_craft::{Merge, MergeRequest, Onto, Publish, ReportRow};
-use pesc_io::OutputDir;
+use pesc_craft::{Merge, MergeRequest, Onto, ReportRow};
+use pesc_hf::Model;
+use pesc_io::Input;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -47,37 +48,12 @@ pub fn run(a: &MergeLoraArgs) -> Result<()> {
         command.push_str(" --no-double-quant");
     }
     let _ = write!(command, " --shard-size {}{}", a.out.shard_size, if a.out.force { " --force" } else { "" });
-    let card = pesc_craft::merge_card(&model, &merge, &shown(&a.adapter), &command);
-
-    let mut dir = OutputDir::create(&a.out.output, a.out.force, &[&model.dir, &a.adapter])?;
-    let bar = progress::bytes("merge-lora", 0);
-    // Hashing the inputs reads them once more: do it beside the writing.
-    let (rows, digests, adapter_digests) = std::thread::scope(|s| -> Result<_> {
-        let hashing = s.spawn(|| pesc_craft::input_digests(&model));
-        let hashing_adapter = s.spawn(|| -> Result<BTreeMap<String, pesc_io::FileDigest>> {
-            let mut out = BTreeMap::new();
-            for p in merge.input_files() {
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                out.insert(name, pesc_io::hash_file(&p)?);
-            }
-            Ok(out)
-        });
-        let rows = merge.write(&model, &mut dir, a.out.shard_size, &mut |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        })?;
-        let failed = || anyhow::anyhow!("hashing the inputs failed");
-        let digests = hashing.join().map_err(|_| failed())??;
-        let adapter_digests = hashing_adapter.join().map_err(|_| failed())??;
-        Ok((rows, digests, adapter_digests))
-    })?;
-    bar.finish_and_clear();
-    dir.write_file("README.md", card.as_bytes())?;
-    let publish = Publish { command: "merge-lora".into(), parameters, tool_version: env!("CARGO_PKG_VERSION").into() };
-    let inputs = BTreeMap::from([("model".to_owned(), digests), ("adapter".to_owned(), adapter_digests)]);
-    let target = publish.finish(dir, Some(&model.dir), inputs)?;
+    let card = pesc_craft::card::merge_card(&model, &merge, &shown(&a.adapter), &command);
+    let mut inputs = vec![pesc_hf::output::model_input(&model, "model")];
+    inputs.push(Input { role: "adapter".into(), root: a.adapter.clone(), files: merge.input_files() });
+    let folder = Folder { command: "merge-lora", parameters, inputs, card: Some(card), aux_from: Some(&model.dir) };
+    let rows = publish::write(&a.out, folder, |dir, bar| merge.write(&model, dir, a.out.shard_size, bar))?;
     output::data(&report_table(&merge, &rows))?;
-    output::note(&format!("wrote `{}`", target.display()));
     Ok(())
 }
 

@@ -37,7 +37,7 @@ pub fn error(e: &anyhow::Error) {
     eprintln!("{msg}");
 }
 
-pub use pesc_craft::thousands;
+pub use pesc_hf::thousands;
 
 /// A byte count in binary units: 1536 -> 1.5 KiB.
 #[must_use]

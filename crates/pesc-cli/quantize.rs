@@ -4,8 +4,8 @@
 use crate::cli::{OutputArgs, QuantizeArgs};
 use crate::{output, progress, publish};
 use anyhow::{bail, Result};
-use pesc_arch::Model;
-use pesc_craft::ExportOptions;
+use pesc_hf::Model;
+use pesc_llamacpp::ExportOptions;
 use pesc_quant::nf4::Nf4Options;
 use serde_json::json;
 
@@ -21,7 +21,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     }
     let opts = ExportOptions { to, pure: a.pure };
     let bar = progress::bytes("quantize", 0);
-    let summary = pesc_craft::export_gguf(&model, opts, &a.output, a.force, &mut |done, total| {
+    let summary = pesc_llamacpp::export_gguf(&model, opts, &a.output, a.force, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })?;
@@ -32,8 +32,8 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let counts: Vec<String> = summary.type_counts().iter().map(|(t, n)| format!("{n} {t}")).collect();
     let fallbacks = summary.tensors.iter().filter(|t| t.fallback_from.is_some()).count();
     let vocab = match &summary.vocab {
-        pesc_craft::VocabKind::None => "no tokenizer (tokenizer.ggml.model = none)".to_owned(),
-        pesc_craft::VocabKind::Bpe { pre, tokens } => format!("{} tokens, pre-tokenizer `{pre}`", output::thousands(*tokens as u64)),
+        pesc_llamacpp::VocabKind::None => "no tokenizer (tokenizer.ggml.model = none)".to_owned(),
+        pesc_llamacpp::VocabKind::Bpe { pre, tokens } => format!("{} tokens, pre-tokenizer `{pre}`", output::thousands(*tokens as u64)),
     };
     let fell = if fallbacks > 0 { format!("; {fallbacks} by shape fallback") } else { String::new() };
     output::note(&format!(
@@ -56,8 +56,8 @@ fn run_nf4(a: &QuantizeArgs) -> Result<()> {
     pesc_craft::validate_nf4(&model, opts)?;
     let out = OutputArgs { output: a.output.clone(), force: a.force, shard_size: pesc_io::DEFAULT_SHARD_SIZE };
     let parameters = json!({"to": "nf4", "blocksize": opts.blocksize, "double_quant": opts.double_quant});
-    publish::write(&model, &out, "quantize", parameters, None, &mut |m, dir, bar| {
-        pesc_craft::quantize_nf4(m, dir, opts, out.shard_size, bar)
+    publish::write(&out, publish::Folder::from_model(&model, "quantize", parameters, None), |dir, bar| {
+        pesc_craft::quantize_nf4(&model, dir, opts, out.shard_size, bar)
     })?;
     output::note(&format!(
         "quantized {} linear weights to NF4 (blocksize {}, double quant {})",

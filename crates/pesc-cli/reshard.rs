@@ -2,15 +2,16 @@
 
 use crate::cli::ReshardArgs;
 use crate::publish;
+use crate::publish::Folder;
 use anyhow::Result;
-use pesc_arch::Model;
+use pesc_hf::Model;
 use serde_json::json;
 
 pub fn run(args: &ReshardArgs) -> Result<()> {
     crate::stop_cleanly_on_interrupt();
     let model = Model::open(&args.model)?;
     let parameters = json!({"dtype": args.dtype.name(), "shard_size": args.out.shard_size});
-    publish::write(&model, &args.out, "reshard", parameters, None, &mut |m, out, bar| {
-        pesc_craft::reshard(m, out, args.dtype.store(), args.out.shard_size, bar)
+    publish::write(&args.out, Folder::from_model(&model, "reshard", parameters, None), |out, bar| {
+        pesc_craft::reshard(&model, out, args.dtype.store(), args.out.shard_size, bar)
     })
 }

@@ -4,8 +4,8 @@ use crate::cli::RouteStatsArgs;
 use crate::output;
 use crate::train::DataSetup;
 use anyhow::{bail, Result};
-use pesc_arch::Moe;
-use pesc_model::{ComputeDType, Runner, Weights};
+use pesc_hf::Moe;
+use pesc_runner::{ComputeDType, Runner, Weights};
 use pesc_train::{Dataset, RouteStats};
 
 pub fn run(a: &RouteStatsArgs) -> Result<()> {

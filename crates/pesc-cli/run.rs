@@ -3,7 +3,8 @@
 use crate::cli::RunArgs;
 use crate::output;
 use anyhow::{bail, Result};
-use pesc_model::{ChatMessage, Runner, Sampler, Weights};
+use pesc_hf::ChatMessage;
+use pesc_runner::{Runner, Sampler, Weights};
 use std::io::Write;
 
 pub fn run(a: &RunArgs) -> Result<()> {
@@ -35,7 +36,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let mut shown = 0usize;
     let mut stdout = std::io::stdout().lock();
     let started = std::time::Instant::now();
-    let out = pesc_model::generate(&runner, &ids, a.max_new_tokens, &mut sampler, text.eos_ids(), &mut |t| {
+    let out = pesc_runner::generate(&runner, &ids, a.max_new_tokens, &mut sampler, text.eos_ids(), &mut |t| {
         generated.push(t);
         // Print only the text that became final: decoding a prefix can end in
         // half a UTF-8 character.

@@ -5,7 +5,8 @@ use crate::output;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
-use pesc_model::{TextModel, Weights};
+use pesc_hf::TextModel;
+use pesc_model::Weights;
 use pesc_train::{Dataset, Projection, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer};
 
 /// The tokenizer and prompt template a model's data files are read with.
@@ -43,7 +44,7 @@ impl DataSetup {
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
-    crate::stop_cleanly_on_interrupt();
+    crate::stop_after_step_on_interrupt();
     let device = a.device.device()?;
     let targets = a
         .lora_targets
@@ -166,7 +167,7 @@ fn train_loop(a: &TrainArgs, trainer: &mut Trainer) -> Result<()> {
         if m.step % a.save_every == 0 {
             trainer.save_checkpoint()?;
         }
-        if pesc_io::interrupted() {
+        if crate::stop_requested() {
             let dir = trainer.save_checkpoint()?;
             bar.abandon();
             output::note(&format!(

@@ -81,11 +81,11 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 /// The `messages` of `fixtures/models/llama-chat.chat.json` as chat messages.
-pub fn chat_messages(reference: &serde_json::Value) -> Vec<pesc_model::ChatMessage> {
+pub fn chat_messages(reference: &serde_json::Value) -> Vec<pesc_hf::ChatMessage> {
     reference["messages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| pesc_model::ChatMessage { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
+        .map(|m| pesc_hf::ChatMessage { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
         .collect()
 }

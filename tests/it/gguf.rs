@@ -5,8 +5,9 @@
 
 use crate::common::{assert_code, assert_rejects, entries, fixture, run, sha256, stdout};
 use pesc_gguf::{write_gguf, GgufFile, Metadata, TensorSpec, Value};
+use pesc_hf::TextModel;
 use pesc_io::{Checkpoint, SafetensorsFile};
-use pesc_model::{Cache, ComputeDType, Runner, TextModel};
+use pesc_runner::{Cache, ComputeDType, Runner};
 use pesc_tensor::{from_f32, to_f32, DType};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};

@@ -240,7 +240,7 @@ fn big_model(dir: &Path) {
         "num_key_value_heads": 8, "vocab_size": 8192, "tie_word_embeddings": false
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let cfg = pesc_arch::ModelConfig::parse(&dir.join("config.json"), config.to_string().as_bytes()).unwrap();
+    let cfg = pesc_hf::ModelConfig::parse(&dir.join("config.json"), config.to_string().as_bytes()).unwrap();
     let tensors: Vec<(String, Vec<u64>)> = cfg.expected_tensors().unwrap();
     let data: Vec<Vec<u8>> =
         tensors.iter().map(|(_, s)| vec![0x3c; usize::try_from(pesc_tensor::numel(s).unwrap() * 2).unwrap()]).collect();

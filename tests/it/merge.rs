@@ -119,7 +119,7 @@ fn lora_on_pesc_adapters_with_trained_tensors_equals_peft() {
 /// Checks `out` = dequant(NF4(W)) (+ PEFT's delta) on every NF4 linear and the base elsewhere.
 fn check_nf4_merge(out: &Path, base: &Path, deltas: &BTreeMap<String, Vec<f32>>, opts: Nf4Options) {
     let (merged, original) = (model_tensors(out), model_tensors(base));
-    let targets = pesc_craft::nf4_targets(&pesc_arch::Model::open(base).unwrap());
+    let targets = pesc_craft::nf4_targets(&pesc_hf::Model::open(base).unwrap());
     let mut quantized = 0;
     for (t, values) in &merged {
         if !targets.contains(t) {

@@ -3,7 +3,7 @@
 //! folders (exit 2, an `error:` naming the weight and field, nothing written).
 
 use crate::common::{assert_code, assert_rejects, copy_dir, entries, fixture, run, sha256, stderr, stdout};
-use pesc_arch::{Model, QUANT_STATE};
+use pesc_hf::{Model, QUANT_STATE};
 use pesc_quant::nf4::{self, Nf4Options};
 use serde_json::{json, Map, Value};
 use std::ffi::OsStr;

@@ -8,11 +8,12 @@
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
 
 use crate::common::{assert_code, assert_rejects, entries, fixture, run, sha256};
-use pesc_arch::ModelConfig;
-use pesc_craft::{plan_tensors, ExportOptions, GgufType};
 use pesc_gguf::{GgmlType, GgufFile, Value};
+use pesc_hf::ModelConfig;
+use pesc_hf::TextModel;
 use pesc_io::{Checkpoint, SafetensorsFile};
-use pesc_model::TextModel;
+use pesc_llamacpp::recipe::plan;
+use pesc_llamacpp::{ExportOptions, GgufType};
 use pesc_tensor::{to_f32, DType};
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
@@ -441,7 +442,7 @@ fn smollm2_shapes_get_llama_quantizes_mix() {
     });
     let config = ModelConfig::parse(Path::new("smollm2/config.json"), &serde_json::to_vec(&config).unwrap()).unwrap();
     let count = |to: GgufType, pure: bool| {
-        let plan = plan_tensors(&config, ExportOptions { to, pure }).unwrap();
+        let plan = plan(&config, ExportOptions { to, pure });
         let mut m: BTreeMap<String, usize> = BTreeMap::new();
         for t in &plan {
             *m.entry(t.ty.name().to_owned()).or_default() += 1;

@@ -2,7 +2,7 @@
 //! and `verify` (exactness of fresh crafts, tolerance, bad input).
 
 use crate::common::{assert_code, assert_rejects, copy_dir, fixture, run, stderr, stdout};
-use pesc_model::{Cache, ComputeDType, Runner};
+use pesc_runner::{Cache, ComputeDType, Runner};
 use pesc_tensor::{from_f32, to_f32, DType};
 use serde_json::Value;
 use std::path::Path;

@@ -2,7 +2,8 @@
 //! (`fixtures/models/llama-chat.chat.json`, made by `fixtures/generate.py`).
 
 use crate::common::{assert_code, assert_rejects, fixture, run, stdout};
-use pesc_model::{ChatMessage, ComputeDType, Runner, Sampler, TextModel};
+use pesc_hf::{ChatMessage, TextModel};
+use pesc_runner::{ComputeDType, Runner, Sampler};
 use serde_json::Value;
 use std::path::Path;
 
@@ -34,7 +35,7 @@ fn greedy_generation_matches_transformers() {
     let runner = Runner::load(&model, ComputeDType::F32, &candle_core::Device::Cpu).unwrap();
     let text = TextModel::load(&fixture("llama-chat")).unwrap();
     let mut seen = Vec::new();
-    let out = pesc_model::generate(&runner, &ids(&r["prompt_ids"]), 12, &mut Sampler::new(0.0, 1.0, 0), text.eos_ids(), &mut |t| {
+    let out = pesc_runner::generate(&runner, &ids(&r["prompt_ids"]), 12, &mut Sampler::new(0.0, 1.0, 0), text.eos_ids(), &mut |t| {
         seen.push(t);
         Ok(())
     })
@@ -152,7 +153,7 @@ fn a_tokenizer_rebuilt_from_gguf_metadata_tokenizes_alike() {
             pair => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
         })
         .collect();
-    let v = pesc_arch::GgufVocab {
+    let v = pesc_llamacpp::GgufVocab {
         model: "gpt2".into(),
         pre: Some("gpt-2".into()),
         tokens,
@@ -166,7 +167,7 @@ fn a_tokenizer_rebuilt_from_gguf_metadata_tokenizes_alike() {
         chat_template: Some(std::fs::read_to_string(fixture("llama-chat").join("chat_template.jinja")).unwrap()),
         context_length: Some(256),
     };
-    let (tokenizer, config) = pesc_arch::hf_tokenizer(&v).unwrap();
+    let (tokenizer, config) = v.to_hf(std::path::Path::new("vocab.gguf")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
     std::fs::write(tmp.path().join("tokenizer_config.json"), config.to_string()).unwrap();

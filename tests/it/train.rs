@@ -184,8 +184,8 @@ fn crafted_model_loss_equals_the_runner() {
     let m = TrainModel::load(&weights, opts, &Device::Cpu).unwrap();
     let ex = &examples()[0];
     let ours = m.forward(&[ex], None).unwrap().ce.to_scalar::<f32>().unwrap();
-    let runner = pesc_model::Runner::load(&weights, pesc_model::ComputeDType::F32, &Device::Cpu).unwrap();
-    let logits = runner.forward(&ex.input_ids, &mut pesc_model::Cache::default()).unwrap().logits.to_vec2::<f32>().unwrap();
+    let runner = pesc_runner::Runner::load(&weights, pesc_runner::ComputeDType::F32, &Device::Cpu).unwrap();
+    let logits = runner.forward(&ex.input_ids, &mut pesc_runner::Cache::default()).unwrap().logits.to_vec2::<f32>().unwrap();
     let mut sum = 0.0f64;
     let mut n = 0.0;
     for (row, &label) in logits.iter().zip(&ex.labels[1..]) {
@@ -277,7 +277,7 @@ fn a_resumed_run_equals_the_uninterrupted_one() {
     assert_code(&run(&partial), 0);
     assert_eq!(metrics(&half).len(), 3);
     // As a crash between setting the previous checkpoint aside and renaming the new one in leaves it.
-    std::fs::rename(half.join("checkpoint"), half.join(".checkpoint.old")).unwrap();
+    std::fs::rename(half.join("checkpoint"), pesc_io::set_aside_path(&half.join("checkpoint"))).unwrap();
     let mut resumed = train_args(&pesc, &data, &half, "6", &extra);
     resumed.extend(["--resume".into(), half.as_os_str().into()]);
     assert_code(&run(&resumed), 0);

@@ -2,9 +2,11 @@
 //! router and `num_experts` adapters whose up projections are zero, so the
 //! crafted model computes exactly what the dense model computes.
 
-use crate::folder::{emit_tensor, emit_values, set_config_dtype, write_config, StoreDType};
 use crate::CraftError;
-use pesc_arch::{pesc_router, ExpertNaming, Family, Model, Moe};
+use pesc_hf::names::pesc_router;
+use pesc_hf::output::{set_config_dtype, write_config};
+use pesc_hf::StoreDType;
+use pesc_hf::{ExpertNaming, Family, Model, Moe};
 use pesc_io::{write_weights, OutputDir, TensorSpec};
 use pesc_tensor::kaiming_uniform;
 use pesc_tensor::DType;
@@ -42,11 +44,7 @@ pub(crate) fn new_tensor_dtype(model: &Model, dtype: StoreDType) -> DType {
 pub(crate) fn require_dense(model: &Model) -> Result<(), CraftError> {
     match model.config.moe {
         Moe::Dense => Ok(()),
-        _ => Err(CraftError::Invalid(format!(
-            "`{}` is already a {} model; craft and upcycle take a dense model",
-            model.dir.display(),
-            model.kind()
-        ))),
+        _ => Err(CraftError::NotDense { path: model.dir.clone(), kind: model.kind() }),
     }
 }
 
@@ -54,27 +52,30 @@ pub(crate) fn require_dense(model: &Model) -> Result<(), CraftError> {
 pub fn validate(model: &Model, p: &CraftParams) -> Result<(), CraftError> {
     require_dense(model)?;
     let h = model.config.hidden_size;
-    let bad = |m: String| Err(CraftError::Invalid(m));
+    let bad = |flag: &'static str, problem: String| Err(CraftError::Flag { flag, problem });
     if p.experts == 0 {
-        return bad("--experts must be at least 1".into());
+        return bad("--experts", "must be at least 1".into());
     }
-    if p.experts > pesc_arch::MAX_EXPERTS {
-        return bad(format!("--experts {} is above the limit of {}", p.experts, pesc_arch::MAX_EXPERTS));
+    if p.experts > pesc_hf::MAX_EXPERTS {
+        return bad("--experts", format!("{} is above the limit of {}", p.experts, pesc_hf::MAX_EXPERTS));
     }
     if p.top_k == 0 || p.top_k > p.experts {
-        return bad(format!("--top-k {} must be between 1 and --experts {}", p.top_k, p.experts));
+        return bad("--top-k", format!("{} must be between 1 and --experts {}", p.top_k, p.experts));
     }
     if p.adapter_dim == 0 {
-        return bad("--adapter-dim must be at least 1".into());
+        return bad("--adapter-dim", "must be at least 1".into());
     }
     if p.adapter_dim > h && !p.force {
-        return bad(format!(
-            "--adapter-dim {} is above the hidden size {h}: the adapter would not be a bottleneck; pass --force to craft it anyway",
-            p.adapter_dim
-        ));
+        return bad(
+            "--adapter-dim",
+            format!(
+                "{} is above the hidden size {h}: the adapter would not be a bottleneck; pass --force to craft it anyway",
+                p.adapter_dim
+            ),
+        );
     }
     if !p.scaling.is_finite() {
-        return bad(format!("--scaling {} is not a finite number", p.scaling));
+        return bad("--scaling", format!("{} is not a finite number", p.scaling));
     }
     Ok(())
 }
@@ -142,7 +143,7 @@ pub fn craft(
         shard_size,
         &mut |spec, w| {
             if model.weights.get(&spec.name).is_some() {
-                return emit_tensor(model, &spec.name, spec.dtype, w);
+                return Ok(model.write_tensor(&spec.name, spec.dtype, w)?);
             }
             let n = usize::try_from(pesc_tensor::numel(&spec.shape).unwrap_or(0)).unwrap_or(0);
             let values = if spec.name.ends_with(".adapter_up.weight") {
@@ -151,7 +152,7 @@ pub fn craft(
                 // Routers and adapter-down projections both read the hidden state: fan_in = H.
                 kaiming_uniform(p.seed, &spec.name, h, n)
             };
-            emit_values(spec.dtype, &values, w)
+            Ok(pesc_io::write_values(w, spec.dtype, &values)?)
         },
         progress,
     )

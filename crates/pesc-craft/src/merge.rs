@@ -5,10 +5,11 @@
 //! [`Merge::plan`], before anything is written; only a delta that overflows
 //! is found while writing, and then the staged output is discarded.
 
-use crate::folder::{emit_tensor, emit_values, set_config_dtype, write_config, StoreDType};
-use crate::peft::{LoraModule, PeftAdapter, Scaling, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::CraftError;
-use pesc_arch::Model;
+use pesc_hf::output::{set_config_dtype, write_config};
+use pesc_hf::peft::{LoraModule, PeftAdapter, Scaling, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use pesc_hf::Model;
+use pesc_hf::{HfError, StoreDType};
 use pesc_io::{write_weights, OutputDir, SafetensorsFile, TensorInfo, TensorSpec};
 use pesc_quant::nf4::{self, Nf4Options};
 use serde_json::{json, Map, Value};
@@ -130,10 +131,7 @@ fn adapter_dirs(adapter: &Path) -> Result<(PathBuf, Option<PathBuf>), CraftError
     if nested.join(ADAPTER_CONFIG).is_file() {
         return Ok((nested, Some(adapter.into())));
     }
-    Err(CraftError::Invalid(format!(
-        "`{}` has no `{ADAPTER_CONFIG}` (nor `adapter_model/{ADAPTER_CONFIG}`): not a PEFT adapter folder",
-        adapter.display()
-    )))
+    Err(HfError::NotAdapterFolder { path: adapter.into() }.into())
 }
 
 /// Extra safetensors files in `dirs`: every `.safetensors` but the LoRA's own.
@@ -143,10 +141,12 @@ fn extra_files(dirs: &[&Path]) -> Result<Vec<SafetensorsFile>, CraftError> {
     for dir in dirs {
         let pickled = dir.join("moe_model.bin");
         if pickled.is_file() && !dir.join(MOE_TENSORS).is_file() {
-            return Err(CraftError::Invalid(format!(
-                "`{}` is a pickled PyTorch file (the reference implementation's trained routers and adapters), which can run arbitrary code when loaded; this tool never unpickles\n\nhint: in an isolated sandbox run `python -c \"import torch; from safetensors.torch import save_file; save_file(torch.load('moe_model.bin', weights_only=True), '{MOE_TENSORS}')\"` beside it",
-                pickled.display()
-            )));
+            return Err(HfError::PickledFile {
+                path: pickled,
+                what: " (the reference implementation's trained routers and adapters)",
+                hint: format!("in an isolated sandbox run `python -c \"import torch; from safetensors.torch import save_file; save_file(torch.load('moe_model.bin', weights_only=True), '{MOE_TENSORS}')\"` beside it"),
+            }
+            .into());
         }
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| pesc_io::Error::Io { path: dir.to_path_buf(), source: e })?
@@ -187,7 +187,7 @@ fn file_finite(f: &SafetensorsFile, t: &TensorInfo) -> Result<(), CraftError> {
         Ok(())
     })?;
     if bad {
-        return Err(CraftError::Invalid(format!("`{}`: tensor `{}` holds NaN or Inf", f.path().display(), t.name)));
+        return Err(CraftError::NonFinite { path: f.path().into(), tensor: t.name.clone() });
     }
     Ok(())
 }
@@ -197,13 +197,9 @@ fn file_finite(f: &SafetensorsFile, t: &TensorInfo) -> Result<(), CraftError> {
 /// the bitsandbytes section PEFT writes into the adapter's `README.md`, or an
 /// NF4 base. Returns the evidence and the recorded double-quant setting.
 fn four_bit_evidence(adapter: &PeftAdapter, base: &Model) -> Result<Option<(String, Option<bool>)>, CraftError> {
-    let check_type = |qt: Option<&str>, from: &str| {
-        match qt {
-        Some(t) if !t.eq_ignore_ascii_case("nf4") => Err(CraftError::Invalid(format!(
-            "{from} says the adapter was trained on a `{t}` 4-bit base; merge-lora reproduces only NF4; pass --onto original to merge into the 16-bit weights"
-        ))),
+    let check_type = |qt: Option<&str>, from: &str| match qt {
+        Some(t) if !t.eq_ignore_ascii_case("nf4") => Err(CraftError::FourBitBase { evidence: from.to_owned(), quant_type: t.to_owned() }),
         _ => Ok(()),
-    }
     };
     if let Some(q) = &adapter.config.quantization {
         if q.get("load_in_4bit").and_then(Value::as_bool) == Some(true) {
@@ -272,10 +268,7 @@ impl Merge {
         };
         let nf4_base = base.quantization.is_some();
         if nf4_base && onto == Onto::Original {
-            return Err(CraftError::Invalid(format!(
-                "`{}` is an NF4 folder: its original 16-bit weights are gone, so --onto original is impossible; merge onto the dequantized weights (the default) or use the 16-bit base",
-                base.dir.display()
-            )));
+            return Err(CraftError::OriginalOfNf4 { path: base.dir.clone() });
         }
         if nf4_base && (req.blocksize.is_some() || req.no_double_quant) {
             warnings.push(
@@ -284,7 +277,7 @@ impl Merge {
         }
         let recorded_dq = evidence.as_ref().and_then(|(_, dq)| *dq);
         let nf4 = Nf4Options { blocksize: req.blocksize.unwrap_or(64), double_quant: !req.no_double_quant && recorded_dq.unwrap_or(true) };
-        nf4.check().map_err(|e| CraftError::Invalid(format!("--blocksize: {e}")))?;
+        nf4.check().map_err(|e| CraftError::Flag { flag: "--blocksize", problem: e.to_string() })?;
 
         // The base's modules: every 2-D `.weight` (NF4 weights by their original shape).
         let shapes = logical_shapes(base);
@@ -293,12 +286,11 @@ impl Merge {
         let is_linear = |m: &str| m != "lm_head" && !m.ends_with("embed_tokens");
         let selected: Vec<&str> = modules.keys().copied().filter(|m| cfg.targets(m, is_linear(m))).collect();
         if selected.is_empty() {
-            return Err(CraftError::Invalid(format!(
-                "`{}`: `target_modules` selects no module of `{}` (its linear layers are named like `{}`)",
-                cfg.path.display(),
-                base.dir.display(),
-                modules.keys().find(|m| m.contains("q_proj")).unwrap_or(&"model.layers.0.self_attn.q_proj")
-            )));
+            return Err(CraftError::NoTargets {
+                path: cfg.path.clone(),
+                base: base.dir.clone(),
+                example: (*modules.keys().find(|m| m.contains("q_proj")).unwrap_or(&"model.layers.0.self_attn.q_proj")).to_owned(),
+            });
         }
         if cfg.fan_in_fan_out {
             warnings.push(format!(
@@ -325,7 +317,7 @@ impl Merge {
         // Whole tensors: modules_to_save and biases from the adapter, then the extra files.
         let mut replaced: BTreeMap<String, Source> = BTreeMap::new();
         let mut place = |name: String, src: Source, t: &TensorInfo, file: &Path| -> Result<(), CraftError> {
-            let bad = |p: String| CraftError::Invalid(format!("`{}`: tensor `{}` {p}", file.display(), t.name));
+            let bad = |problem: String| CraftError::from(HfError::AdapterTensor { path: file.into(), tensor: t.name.clone(), problem });
             let Some(b_shape) = shapes.get(&name) else {
                 return Err(bad(format!("has no counterpart `{name}` in `{}`", base.dir.display())));
             };
@@ -351,19 +343,19 @@ impl Merge {
             let module = name.rsplit_once('.').map_or(name.as_str(), |(m, _)| m);
             let bias_ok = cfg.bias != "none" && name.ends_with(".bias");
             if !cfg.saved_whole(module) && !bias_ok {
-                return Err(CraftError::Invalid(format!(
-                    "`{}`: tensor `{}` is neither a LoRA weight nor part of `modules_to_save` ({:?})",
-                    weights_path.display(),
-                    t.name,
-                    cfg.modules_to_save
-                )));
+                return Err(HfError::AdapterTensor {
+                    path: weights_path.clone(),
+                    tensor: t.name.clone(),
+                    problem: format!("is neither a LoRA weight nor part of `modules_to_save` ({:?})", cfg.modules_to_save),
+                }
+                .into());
             }
             file_finite(&adapter.weights, t)?;
             place(name.clone(), Source::Adapter(t.clone()), t, &weights_path)?;
         }
         for (fi, f) in extras.iter().enumerate() {
             if f.tensors().is_empty() {
-                return Err(CraftError::Invalid(format!("`{}` holds no tensors", f.path().display())));
+                return Err(CraftError::Empty { path: f.path().into(), what: "tensors" });
             }
             for t in f.tensors() {
                 file_finite(f, t)?;
@@ -371,9 +363,9 @@ impl Merge {
             }
         }
         if loras.is_empty() && replaced.is_empty() {
-            return Err(CraftError::Invalid(format!("`{}` holds no LoRA weights", weights_path.display())));
+            return Err(CraftError::Empty { path: weights_path.clone(), what: "LoRA weights" });
         }
-        if let (Some(a), Some(b)) = (&cfg.base_model, crate::card::hub_id(base)) {
+        if let (Some(a), Some(b)) = (&cfg.base_model, pesc_hf::card::hub_id(base)) {
             if a != &b {
                 warnings.push(format!("the adapter names base model `{a}`, but the base folder says `{b}`"));
             }
@@ -405,7 +397,7 @@ impl Merge {
         is_linear: &dyn Fn(&str) -> bool,
     ) -> Result<LoraTarget, CraftError> {
         let cfg = &adapter.config;
-        let bad = |p: String| CraftError::Invalid(format!("`{}`: module `{module}`: {p}", file.display()));
+        let bad = |problem: String| CraftError::Module { path: file.into(), module: module.into(), problem };
         let (Some(a), Some(b)) = (&lm.a, &lm.b) else {
             let which = if lm.a.is_none() { "lora_A.weight" } else { "lora_B.weight" };
             return Err(bad(format!("`{which}` is missing")));
@@ -479,7 +471,7 @@ impl Merge {
 
     fn read_adapter(&self, t: &TensorInfo) -> Result<Vec<f32>, CraftError> {
         let bytes = self.adapter.weights.read(t)?;
-        pesc_tensor::to_f32(t.dtype, &bytes).ok_or_else(|| CraftError::Invalid(format!("tensor `{}`: not a float tensor", t.name)))
+        pesc_tensor::to_f32(t.dtype, &bytes).ok_or_else(|| CraftError::NotFloat { tensor: t.name.clone(), dtype: t.dtype })
     }
 
     /// The f32 values of base tensor `name` before any delta: the replacing tensor, or the base's.
@@ -489,7 +481,7 @@ impl Merge {
             Some(Source::Extra(i, t)) => (t.dtype, self.extras[*i].read(t)?),
             None => return Ok(base.read_f32(name)?),
         };
-        pesc_tensor::to_f32(dtype, &bytes).ok_or_else(|| CraftError::Invalid(format!("tensor `{name}`: not a float tensor")))
+        pesc_tensor::to_f32(dtype, &bytes).ok_or_else(|| CraftError::NotFloat { tensor: name.into(), dtype })
     }
 
     /// The merged f32 values of `name`, and its report row when it has a LoRA.
@@ -500,7 +492,7 @@ impl Merge {
         let lora = self.loras.get(name);
         let mut nf4_error_rms = None;
         if quantized && (self.onto == Onto::DequantizedNf4 || lora.is_some()) {
-            let q = nf4::roundtrip(&w, self.nf4).map_err(|e| CraftError::Invalid(format!("tensor `{name}`: NF4: {e}")))?;
+            let q = nf4::roundtrip(&w, self.nf4).map_err(|source| CraftError::Quantize { tensor: name.into(), source })?;
             nf4_error_rms = Some(rms(w.iter().zip(&q).map(|(a, b)| f64::from(a - b))));
             if self.onto == Onto::DequantizedNf4 {
                 w = q;
@@ -532,7 +524,7 @@ impl Merge {
             }
         };
         if w.iter().any(|x| !x.is_finite()) {
-            return Err(CraftError::Invalid(format!("tensor `{name}`: the merged weight holds NaN or Inf (the LoRA delta overflows)")));
+            return Err(CraftError::MergeOverflow { tensor: name.into() });
         }
         Ok((w, row))
     }
@@ -569,11 +561,11 @@ impl Merge {
             shard_size,
             &mut |spec, w| {
                 if !self.changes(&spec.name) && base.nf4(&spec.name).is_none() {
-                    return emit_tensor(base, &spec.name, spec.dtype, w);
+                    return Ok(base.write_tensor(&spec.name, spec.dtype, w)?);
                 }
                 let (values, row) = self.merged_values(base, &spec.name)?;
                 rows.extend(row);
-                emit_values(spec.dtype, &values, w)
+                Ok(pesc_io::write_values(w, spec.dtype, &values)?)
             },
             progress,
         )?;

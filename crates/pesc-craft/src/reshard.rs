@@ -1,8 +1,9 @@
 //! `reshard`: the same tensors, re-sharded and optionally re-typed.
 
-use crate::folder::{emit_tensor, set_config_dtype, write_config, StoreDType};
 use crate::CraftError;
-use pesc_arch::Model;
+use pesc_hf::output::{set_config_dtype, write_config};
+use pesc_hf::Model;
+use pesc_hf::StoreDType;
 use pesc_io::{write_weights, OutputDir, TensorSpec};
 
 /// Writes every tensor of `model` into `out` with the given dtype policy and
@@ -25,5 +26,5 @@ pub fn reshard(
         set_config_dtype(&mut config, d);
     }
     write_config(out, &config)?;
-    write_weights::<CraftError>(out, specs, shard_size, &mut |spec, w| emit_tensor(model, &spec.name, spec.dtype, w), progress)
+    write_weights::<CraftError>(out, specs, shard_size, &mut |spec, w| Ok(model.write_tensor(&spec.name, spec.dtype, w)?), progress)
 }

@@ -5,9 +5,11 @@
 //! rounding of the routing weights' sum.
 
 use crate::craft::{new_tensor_dtype, require_dense};
-use crate::folder::{emit_tensor, emit_values, set_config_dtype, write_config, StoreDType};
 use crate::CraftError;
-use pesc_arch::{dense_mlp, mixtral_expert, mixtral_gate, Model};
+use pesc_hf::names::{dense_mlp, mixtral_expert, mixtral_gate};
+use pesc_hf::output::{set_config_dtype, write_config};
+use pesc_hf::Model;
+use pesc_hf::StoreDType;
 use pesc_io::{write_weights, OutputDir, TensorSpec};
 use pesc_tensor::kaiming_uniform;
 use serde_json::{json, Value};
@@ -30,17 +32,16 @@ pub fn validate_upcycle(model: &Model, p: &UpcycleParams) -> Result<(), CraftErr
     require_dense(model)?;
     let c = &model.config;
     if c.qkv_bias || c.o_bias || c.mlp_bias {
-        return Err(CraftError::Invalid(format!(
-            "`{}` has attention or MLP biases ({}), which the Mixtral architecture lacks; use `craft` for this model",
-            model.dir.display(),
-            c.family.model_type()
-        )));
+        return Err(CraftError::Biases { path: model.dir.clone(), family: c.family.model_type() });
     }
-    if p.experts == 0 || p.experts > pesc_arch::MAX_EXPERTS {
-        return Err(CraftError::Invalid(format!("--experts {} must be between 1 and {}", p.experts, pesc_arch::MAX_EXPERTS)));
+    if p.experts == 0 || p.experts > pesc_hf::MAX_EXPERTS {
+        return Err(CraftError::Flag {
+            flag: "--experts",
+            problem: format!("{} must be between 1 and {}", p.experts, pesc_hf::MAX_EXPERTS),
+        });
     }
     if p.top_k == 0 || p.top_k > p.experts {
-        return Err(CraftError::Invalid(format!("--top-k {} must be between 1 and --experts {}", p.top_k, p.experts)));
+        return Err(CraftError::Flag { flag: "--top-k", problem: format!("{} must be between 1 and --experts {}", p.top_k, p.experts) });
     }
     Ok(())
 }
@@ -94,7 +95,11 @@ pub fn upcycle(
         for j in 0..p.experts {
             for (w, proj) in [("w1", "gate_proj"), ("w2", "down_proj"), ("w3", "up_proj")] {
                 let src = dense_mlp(l, proj);
-                let t = model.weights.get(&src).ok_or_else(|| CraftError::Invalid(format!("no tensor `{src}`")))?;
+                let t = model.weights.get(&src).ok_or_else(|| pesc_hf::HfError::MissingTensor {
+                    path: model.dir.clone(),
+                    tensor: src.clone(),
+                    shape: "(any)".into(),
+                })?;
                 let name = mixtral_expert(l, j, w);
                 specs.push(TensorSpec { name: name.clone(), dtype: p.dtype.of(t.dtype), shape: t.shape.clone() });
                 sources.insert(name, src);
@@ -108,11 +113,11 @@ pub fn upcycle(
         shard_size,
         &mut |spec, w| {
             if let Some(src) = sources.get(&spec.name) {
-                return emit_tensor(model, src, spec.dtype, w);
+                return Ok(model.write_tensor(src, spec.dtype, w)?);
             }
             let n = usize::try_from(pesc_tensor::numel(&spec.shape).unwrap_or(0)).unwrap_or(0);
             let values = kaiming_uniform(p.seed, &spec.name, c.hidden_size, n);
-            emit_values(spec.dtype, &values, w)
+            Ok(pesc_io::write_values(w, spec.dtype, &values)?)
         },
         progress,
     )

@@ -6,7 +6,6 @@ use crate::json::parse_strict;
 use crate::safetensors::{SafetensorsFile, TensorInfo};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The single-file weights name.
@@ -221,7 +220,7 @@ impl Checkpoint {
     }
 
     /// Streams a tensor's bytes into `out`.
-    pub fn copy_to(&self, name: &str, out: &mut dyn Write) -> Result<()> {
+    pub fn copy_to(&self, name: &str, out: &mut dyn crate::Sink) -> Result<()> {
         let (f, t) = self.locate(name)?;
         f.copy_to(t, out)
     }

@@ -260,6 +260,19 @@ pub enum Error {
         /// Why it cannot be used.
         problem: String,
     },
+    /// The thread hashing an output (or the inputs) stopped before the end: the
+    /// manifest cannot be written.
+    #[error("`{path}`: the SHA-256 of the output could not be computed (the hashing thread stopped)")]
+    HashingStopped {
+        /// The file or folder being hashed.
+        path: PathBuf,
+    },
+    /// Values cannot be stored as a non-float type.
+    #[error("values cannot be stored as {dtype}, which is not a float type")]
+    NotAFloatType {
+        /// The dtype.
+        dtype: pesc_tensor::DType,
+    },
     /// A producer wrote a different number of bytes than the tensor needs.
     #[error("internal error: tensor `{tensor}` was given {actual} bytes but needs {expected}")]
     ProducedSize {

@@ -150,8 +150,8 @@ impl SafetensorsFile {
     }
 
     /// Streams a tensor's bytes into `out` in chunks of at most 8 MiB.
-    pub fn copy_to(&self, t: &TensorInfo, out: &mut dyn Write) -> Result<()> {
-        self.for_each_chunk(t, 8 << 20, &mut |chunk| out.write_all(chunk).map_err(|e| crate::output::write_error(Path::new("<output>"), e)))
+    pub fn copy_to(&self, t: &TensorInfo, out: &mut dyn crate::Sink) -> Result<()> {
+        self.for_each_chunk(t, 8 << 20, &mut |chunk| out.write_bytes(chunk))
     }
 
     /// Calls `f` on consecutive pieces of a tensor's bytes, each at most

@@ -6,12 +6,10 @@
 //!   variants and sliding window; RMSNorm; dense, PESC and Mixtral FFNs),
 //!   parameterised by how each [`Linear`] is applied: frozen, block-quantized
 //!   as stored, NF4 dequantized at use, trainable, LoRA-wrapped;
-//! - [`Runner`]: inference on it, one sequence at a time with a KV [`Cache`];
-//!   [`Runner::forward`] returns f32 logits and, for MoE models, the experts
-//!   each token was routed to; [`Sampler`] and [`generate`] for text;
-//! - [`TextModel`]: `tokenizer.json` and the chat template.
+//!   each one's place ([`Site`]) lets the trainer turn it trainable or add LoRA.
 //!
-//! The trainer (`pesc-train`) runs the same [`Transformer`] with gradients.
+//! The runner (`pesc-runner`) runs the [`Transformer`] with a KV cache, the
+//! trainer (`pesc-train`) with gradients; neither defines a layer.
 //! The PESC layer is computed in the residual form of `docs/format.md`
 //! (`y = f + s * sum_k w_k * A_k(f)`), so zero adapters reproduce the dense
 //! model bit for bit.
@@ -19,43 +17,43 @@
 mod linear;
 pub mod ops;
 pub mod rope;
-mod runner;
-mod sample;
-mod text;
 mod transformer;
 mod weights;
 
 pub use linear::{Linear, Lora, Nf4Weight, Weight};
-pub use runner::{Cache, ComputeDType, Forward, Runner};
-pub use sample::{generate, Sampler};
-pub use text::{ChatMessage, TextModel};
 pub use transformer::{AdapterInput, LayerCache, LoadOptions, Nf4Policy, Pass, Projection, Role, Routing, Site, Transformer};
 pub use weights::{StoredNf4, Weights};
 
-/// Errors of the runner.
+/// Errors of loading and computing a model.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
-    /// From the model folder.
+    /// From a model folder, its config or its tokenizer.
     #[error(transparent)]
-    Arch(Box<pesc_arch::ArchError>),
+    Hf(Box<pesc_hf::HfError>),
+    /// From a GGUF file.
+    #[error(transparent)]
+    LlamaCpp(Box<pesc_llamacpp::LlamaCppError>),
     /// From reading files.
     #[error(transparent)]
     Io(Box<pesc_io::Error>),
     /// From candle.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
-    /// A model feature the runner does not implement.
-    #[error("`{path}`: {what} is not supported by the runner")]
-    Unsupported {
+    /// A RoPE scaling the runner does not implement.
+    #[error("`{path}`: rope_type `{rope_type}` is not supported by the runner")]
+    UnsupportedRope {
         /// The config file.
         path: std::path::PathBuf,
-        /// What.
-        what: String,
+        /// Its `rope_type`.
+        rope_type: String,
     },
-    /// Bad input to the runner (token ids, prompts).
-    #[error("{0}")]
-    Input(String),
+    /// A GGUF file without a vocabulary asked for text.
+    #[error("`{path}`: has no vocabulary (`tokenizer.ggml.model` none); pass token ids instead")]
+    NoVocabulary {
+        /// The file.
+        path: std::path::PathBuf,
+    },
     /// A pass with no tokens.
     #[error("no tokens to run")]
     NoTokens,
@@ -94,19 +92,17 @@ pub enum ModelError {
     /// A block-quantized weight asked to train (it has no gradient).
     #[error("a block-quantized weight cannot be trained")]
     QuantizedTrainable,
-    /// The tokenizer or chat template could not be loaded or used.
-    #[error("`{path}`: {message}")]
-    Text {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What went wrong.
-        message: String,
-    },
 }
 
-impl From<pesc_arch::ArchError> for ModelError {
-    fn from(e: pesc_arch::ArchError) -> Self {
-        ModelError::Arch(Box::new(e))
+impl From<pesc_hf::HfError> for ModelError {
+    fn from(e: pesc_hf::HfError) -> Self {
+        ModelError::Hf(Box::new(e))
+    }
+}
+
+impl From<pesc_llamacpp::LlamaCppError> for ModelError {
+    fn from(e: pesc_llamacpp::LlamaCppError) -> Self {
+        ModelError::LlamaCpp(Box::new(e))
     }
 }
 

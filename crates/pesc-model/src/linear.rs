@@ -57,7 +57,7 @@ impl Weight {
     fn matrix(&self) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(match self {
             Weight::Frozen(t) => t.clone(),
-            Weight::Nf4(q) => Tensor::from_vec(pesc_arch::dequantize_as(&q.codes, q.original), q.shape, &q.device)?.to_dtype(q.dtype)?,
+            Weight::Nf4(q) => Tensor::from_vec(pesc_hf::dequantize_as(&q.codes, q.original), q.shape, &q.device)?.to_dtype(q.dtype)?,
             Weight::Trainable(v) => v.as_tensor().clone(),
             Weight::Quantized(_) => return Ok(None),
         }))

@@ -3,7 +3,7 @@
 
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
-use pesc_arch::{ModelConfig, RopeScaling};
+use pesc_hf::{ModelConfig, RopeScaling};
 
 /// Inverse frequencies of the `head_dim / 2` rotation pairs.
 pub fn inv_freq(cfg: &ModelConfig) -> Result<Vec<f32>> {
@@ -36,7 +36,7 @@ pub fn inv_freq(cfg: &ModelConfig) -> Result<Vec<f32>> {
             }
         }
         RopeScaling::Other { rope_type } => {
-            return Err(ModelError::Unsupported { path: cfg.path.clone(), what: format!("rope_type `{rope_type}`") })
+            return Err(ModelError::UnsupportedRope { path: cfg.path.clone(), rope_type: rope_type.clone() })
         }
     }
     Ok(freqs)

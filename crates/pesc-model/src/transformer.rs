@@ -13,7 +13,7 @@ use crate::ops::{causal_mask, rms_norm, softmax_last};
 use crate::{rope, ModelError, Result, Weights};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
-use pesc_arch::{ExpertNaming, Moe};
+use pesc_hf::{ExpertNaming, Moe};
 use pesc_quant::GgmlType;
 use std::sync::Arc;
 

@@ -1,11 +1,12 @@
 //! What the runner runs: a model folder (safetensors) or a GGUF file.
 
-use crate::{ModelError, Result, TextModel};
-use pesc_arch::{GgufModel, Model, ModelConfig, Moe, RawTensor};
+use crate::{ModelError, Result};
+use pesc_hf::{Model, ModelConfig, TextModel};
+use pesc_llamacpp::{GgufModel, RawTensor};
 use pesc_quant::GgmlType;
 use std::path::Path;
 
-/// An NF4 folder's quantized weight as stored; `pesc_arch::dequantize_as(&codes, dtype)` gives
+/// An NF4 folder's quantized weight as stored; `pesc_hf::dequantize_as(&codes, dtype)` gives
 /// what [`Weights::read_f32`] reads.
 pub struct StoredNf4 {
     /// The codes and block scales.
@@ -32,7 +33,7 @@ pub enum Weights {
 impl Weights {
     /// Opens `path`: a `.gguf` file, else a model folder.
     pub fn open(path: &Path) -> Result<Self> {
-        if pesc_arch::is_gguf_path(path) {
+        if pesc_llamacpp::is_gguf_path(path) {
             Ok(Weights::Gguf(Box::new(GgufModel::open(path)?)))
         } else {
             Ok(Weights::Folder(Box::new(Model::open(path)?)))
@@ -53,17 +54,7 @@ impl Weights {
     pub fn kind(&self) -> String {
         match self {
             Weights::Folder(m) => m.kind(),
-            Weights::Gguf(g) => {
-                let kind = match g.config.moe {
-                    Moe::Dense => "llama",
-                    Moe::Pesc(_) => "PESC llama",
-                    Moe::Mixtral { .. } => "Mixtral",
-                };
-                let mut types: Vec<&str> = g.file.tensors().iter().filter(|t| t.ne.len() >= 2).map(|t| t.ty.name()).collect();
-                types.sort_unstable();
-                types.dedup();
-                format!("{kind} (GGUF {})", types.join("/"))
-            }
+            Weights::Gguf(g) => g.kind(),
         }
     }
 
@@ -71,17 +62,14 @@ impl Weights {
     /// GGUF metadata holds.
     pub fn text(&self) -> Result<TextModel> {
         match self {
-            Weights::Folder(m) => TextModel::load(&m.dir),
+            Weights::Folder(m) => Ok(TextModel::load(&m.dir)?),
             Weights::Gguf(g) => {
                 let files = g.tokenizer_files()?;
                 let Some((tokenizer, config)) = files else {
-                    return Err(ModelError::Text {
-                        path: g.path().into(),
-                        message: "has no vocabulary (`tokenizer.ggml.model` none); pass token ids instead".into(),
-                    });
+                    return Err(ModelError::NoVocabulary { path: g.path().into() });
                 };
                 let eos = g.config_json.get("eos_token_id").cloned().unwrap_or_default();
-                TextModel::from_json(g.path(), &tokenizer, &config, Some(&serde_json::json!({ "eos_token_id": eos })))
+                Ok(TextModel::from_json(g.path(), &tokenizer, &config, Some(&serde_json::json!({ "eos_token_id": eos })))?)
             }
         }
     }
@@ -117,8 +105,11 @@ impl Weights {
         match self {
             Weights::Folder(m) => {
                 let stored = m.stored_name(name);
-                let shape =
-                    m.shape_of(&stored).ok_or_else(|| ModelError::Input(format!("`{}`: tensor `{stored}` is missing", m.dir.display())))?;
+                let shape = m.shape_of(&stored).ok_or_else(|| pesc_hf::HfError::MissingTensor {
+                    path: m.dir.clone(),
+                    tensor: stored.clone(),
+                    shape: "(any)".into(),
+                })?;
                 // Float tensors converted, NF4 weights dequantized.
                 Ok((m.read_f32(&stored)?, usize_shape(&shape)))
             }

@@ -10,7 +10,7 @@
 //! A record may carry `"source"` (or the reference's `"dataset"`) naming where it comes from.
 
 use crate::{Result, TrainError};
-use pesc_model::{ChatMessage, TextModel};
+use pesc_hf::{ChatMessage, TextModel};
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -74,7 +74,7 @@ impl Dataset {
             err(line, "not UTF-8 text".into())
         })?;
         if tk.seq_len < 2 {
-            return Err(TrainError::Invalid("--seq-len must be at least 2".into()));
+            return Err(TrainError::Flag { flag: "--seq-len", problem: "must be at least 2".into() });
         }
         let mut examples = Vec::new();
         let mut truncated = 0;

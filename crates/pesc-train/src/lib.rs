@@ -29,9 +29,12 @@ pub use run::{evaluate, Metrics, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFI
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrainError {
-    /// From the runner (model folder, tokenizer).
+    /// From the model (folder, GGUF file, tokenizer, computation).
     #[error(transparent)]
     Model(Box<pesc_model::ModelError>),
+    /// From reading or writing files.
+    #[error(transparent)]
+    Files(Box<pesc_io::Error>),
     /// From candle.
     #[error("tensor computation failed: {0}")]
     Candle(Box<candle_core::Error>),
@@ -45,9 +48,52 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
-    /// Invalid options or model.
-    #[error("{0}")]
-    Invalid(String),
+    /// A command-line value out of range.
+    #[error("{flag} {problem}")]
+    Flag {
+        /// The flag (`--lora-alpha` ...).
+        flag: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
+    /// A dense model without LoRA: nothing to train.
+    #[error("`{path}` is a dense model: only LoRA can be trained on it, and --lora-r is 0")]
+    NothingToTrain {
+        /// The config file.
+        path: std::path::PathBuf,
+    },
+    /// A Mixtral model.
+    #[error("`{path}` is a Mixtral model; train takes a PESC model (or a dense one for a LoRA-only baseline)")]
+    Mixtral {
+        /// The config file.
+        path: std::path::PathBuf,
+    },
+    /// The model is not a mixture of experts (`route-stats`).
+    #[error("the model routes no tokens (not a mixture of experts)")]
+    NotMoe,
+    /// The compute dtype is neither f32 nor f64.
+    #[error("the trainer computes in f32 (or f64), not {dtype:?}")]
+    ComputeDType {
+        /// The dtype asked for.
+        dtype: candle_core::DType,
+    },
+    /// A batch without examples.
+    #[error("an empty batch")]
+    EmptyBatch,
+    /// A batch whose examples have no response tokens to learn.
+    #[error("the batch has no response tokens")]
+    NoResponseTokens,
+    /// No training examples.
+    #[error("no training examples")]
+    NoExamples,
+    /// A checkpoint that cannot be resumed.
+    #[error("`{path}`: {problem}")]
+    Checkpoint {
+        /// The checkpoint's file or folder.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// Reading or writing a run folder.
     #[error("`{path}`: {source}")]
     Io {
@@ -75,6 +121,18 @@ pub enum TrainError {
 impl From<pesc_model::ModelError> for TrainError {
     fn from(e: pesc_model::ModelError) -> Self {
         TrainError::Model(Box::new(e))
+    }
+}
+
+impl From<pesc_io::Error> for TrainError {
+    fn from(e: pesc_io::Error) -> Self {
+        TrainError::Files(Box::new(e))
+    }
+}
+
+impl From<pesc_hf::HfError> for TrainError {
+    fn from(e: pesc_hf::HfError) -> Self {
+        TrainError::Model(Box::new(e.into()))
     }
 }
 

@@ -7,7 +7,7 @@
 
 use crate::{Example, Result, TrainError};
 use candle_core::{DType, Device, Tensor, Var, D};
-use pesc_arch::{ModelConfig, Moe, PescParams};
+use pesc_hf::{ModelConfig, Moe, PescParams};
 use pesc_model::ops::softmax_last;
 use pesc_model::{LoadOptions, Lora, Nf4Policy, Pass, Projection, Role, Routing, Transformer, Weights};
 use pesc_tensor::SplitMix64;
@@ -106,14 +106,8 @@ pub fn trainable(cfg: &ModelConfig, lora_r: usize) -> Result<Option<&PescParams>
     match &cfg.moe {
         Moe::Pesc(p) => Ok(Some(p)),
         Moe::Dense if lora_r > 0 => Ok(None),
-        Moe::Dense => Err(TrainError::Invalid(format!(
-            "`{}` is a dense model: only LoRA can be trained on it, and --lora-r is 0",
-            cfg.path.display()
-        ))),
-        Moe::Mixtral { .. } => Err(TrainError::Invalid(format!(
-            "`{}` is a Mixtral model; train takes a PESC model (or a dense one for a LoRA-only baseline)",
-            cfg.path.display()
-        ))),
+        Moe::Dense => Err(TrainError::NothingToTrain { path: cfg.path.clone() }),
+        Moe::Mixtral { .. } => Err(TrainError::Mixtral { path: cfg.path.clone() }),
     }
 }
 
@@ -146,13 +140,13 @@ impl TrainModel {
         let cfg = weights.config();
         trainable(cfg, opts.lora_r)?;
         if !matches!(opts.dtype, DType::F32 | DType::F64) {
-            return Err(TrainError::Invalid("the trainer computes in f32 (or f64)".into()));
+            return Err(TrainError::ComputeDType { dtype: opts.dtype });
         }
         if opts.lora_r > 0 && !(opts.lora_alpha.is_finite() && opts.lora_alpha > 0.0) {
-            return Err(TrainError::Invalid(format!("--lora-alpha must be a positive number, not {}", opts.lora_alpha)));
+            return Err(TrainError::Flag { flag: "--lora-alpha", problem: format!("must be a positive number, not {}", opts.lora_alpha) });
         }
         if !(0.0..1.0).contains(&opts.adapter_dropout) {
-            return Err(TrainError::Invalid("the adapter dropout must be in [0, 1)".into()));
+            return Err(TrainError::Flag { flag: "--adapter-dropout", problem: "must be in [0, 1)".into() });
         }
         // Block-quantized GGUF weights are dequantized: the frozen matmul passes gradients through.
         let nf4 = if opts.nf4_base { Nf4Policy::QuantizeProjections } else { Nf4Policy::AtUse };
@@ -247,7 +241,8 @@ impl TrainModel {
             }
             Ok(())
         };
-        let top = Var::from_tensor(inputs.last().ok_or_else(|| TrainError::Invalid("a model without layers".into()))?)?;
+        // `inputs` holds the embeddings and each layer's output: never empty.
+        let top = Var::from_tensor(&inputs[inputs.len() - 1])?;
         let ce = self.head(top.as_tensor(), &p)?;
         let store = (&ce * scale)?.backward()?;
         collect(&store)?;
@@ -275,7 +270,7 @@ impl TrainModel {
     fn prepare(&self, batch: &[&Example]) -> Result<Prepared> {
         let (b, t) = (batch.len(), batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0));
         if b == 0 || t == 0 {
-            return Err(TrainError::Invalid("an empty batch".into()));
+            return Err(TrainError::EmptyBatch);
         }
         let mut ids = vec![0u32; b * t];
         let mut valid = Vec::new();
@@ -294,7 +289,7 @@ impl TrainModel {
             }
         }
         if targets.is_empty() {
-            return Err(TrainError::Invalid("the batch has no response tokens".into()));
+            return Err(TrainError::NoResponseTokens);
         }
         let dev = self.model.device();
         let (tokens, m) = (valid.len(), targets.len());

@@ -3,7 +3,7 @@
 //! Figure 4), as a table, JSON and an SVG heat map.
 
 use crate::{Example, Result, TrainError};
-use pesc_model::{Cache, Runner};
+use pesc_runner::{Cache, Runner};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,9 +25,9 @@ impl RouteStats {
     pub fn collect(runner: &Runner, experts: usize, top_k: usize, examples: &[(String, &Example)]) -> Result<Self> {
         let mut sources: BTreeMap<String, (u64, Vec<Vec<u64>>)> = BTreeMap::new();
         for (source, ex) in examples {
-            let out = runner.forward(&ex.input_ids, &mut Cache::default()).map_err(|e| TrainError::Model(Box::new(e)))?;
+            let out = runner.forward(&ex.input_ids, &mut Cache::default())?;
             if out.routes.is_empty() {
-                return Err(TrainError::Invalid("the model routes no tokens (not a mixture of experts)".into()));
+                return Err(TrainError::NotMoe);
             }
             let entry = sources.entry(source.clone()).or_insert_with(|| (0, vec![vec![0; experts]; out.routes.len()]));
             entry.0 += ex.input_ids.len() as u64;

@@ -10,9 +10,10 @@ use crate::model::{accumulate, scalar};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::{Example, Result, TrainError, TrainModel};
 use candle_core::{DType, Tensor, Var};
+use pesc_io::{OutputDir, RunRecord, SafetensorsFile, Sink, StagedFile, TensorSpec};
 use pesc_tensor::SplitMix64;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -26,8 +27,6 @@ pub const LORA_WEIGHTS: &str = "adapter_model.safetensors";
 pub const MOE_WEIGHTS: &str = "moe_model.safetensors";
 /// The checkpoint folder inside a run.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
-/// The previous checkpoint while a new one replaces it.
-const OLD_CHECKPOINT_DIR: &str = ".checkpoint.old";
 
 /// How the loop runs.
 #[derive(Debug, Clone)]
@@ -91,14 +90,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 impl Trainer {
     /// A run of `model` on `data` writing into the existing folder `dir`.
     pub fn new(model: TrainModel, data: Vec<Example>, opts: RunOptions, dir: &Path) -> Result<Self> {
-        if opts.batch_size == 0 || opts.grad_accum == 0 {
-            return Err(TrainError::Invalid("--batch-size and --grad-accum must be at least 1".into()));
+        if opts.batch_size == 0 {
+            return Err(TrainError::Flag { flag: "--batch-size", problem: "must be at least 1".into() });
         }
-        if !(opts.lr.is_finite() && opts.lr > 0.0 && (0.0..=1.0).contains(&opts.warmup_ratio) && opts.weight_decay.is_finite()) {
-            return Err(TrainError::Invalid("--lr must be positive, --warmup-ratio in [0, 1]".into()));
+        if opts.grad_accum == 0 {
+            return Err(TrainError::Flag { flag: "--grad-accum", problem: "must be at least 1".into() });
+        }
+        if !(opts.lr.is_finite() && opts.lr > 0.0) {
+            return Err(TrainError::Flag { flag: "--lr", problem: format!("must be a positive number, not {}", opts.lr) });
+        }
+        if !(0.0..=1.0).contains(&opts.warmup_ratio) {
+            return Err(TrainError::Flag { flag: "--warmup-ratio", problem: format!("must be in [0, 1], not {}", opts.warmup_ratio) });
+        }
+        if !opts.weight_decay.is_finite() {
+            return Err(TrainError::Flag {
+                flag: "--weight-decay",
+                problem: format!("must be a finite number, not {}", opts.weight_decay),
+            });
         }
         if data.is_empty() {
-            return Err(TrainError::Invalid("no training examples".into()));
+            return Err(TrainError::NoExamples);
         }
         let vars: Vec<&Var> = model.params().iter().map(|(_, v)| v).collect();
         let opt = AdamW::new(&vars, opts.lr, opts.weight_decay)?;
@@ -203,34 +214,30 @@ impl Trainer {
     }
 
     /// Writes the checkpoint (trainable tensors, AdamW moments, step) into
-    /// `RUN/checkpoint`, replacing the previous one once complete; returns its folder.
+    /// `RUN/checkpoint` through `pesc-io`'s staged folder, with its manifest:
+    /// the previous checkpoint is replaced only once the new one is complete
+    /// (and kept aside as `.checkpoint.pesc-old` in between, which `--resume`
+    /// falls back to). `metrics.jsonl` is made durable with it. Returns its folder.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let dir = self.dir.join(CHECKPOINT_DIR);
-        let tmp = self.dir.join(".checkpoint.partial");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let mut params = HashMap::new();
-        let mut moments = HashMap::new();
+        let mut params = Vec::new();
+        let mut moments = Vec::new();
         for ((name, v), (m, s)) in self.model.params().iter().zip(&self.opt.moments) {
-            params.insert(name.clone(), v.as_tensor().clone());
-            moments.insert(format!("{name}.exp_avg"), m.clone());
-            moments.insert(format!("{name}.exp_avg_sq"), s.clone());
+            params.push((name.clone(), v.as_tensor().clone()));
+            moments.push((format!("{name}.exp_avg"), m.clone()));
+            moments.push((format!("{name}.exp_avg_sq"), s.clone()));
         }
-        candle_core::safetensors::save(&params, tmp.join("params.safetensors"))?;
-        candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
         let state = json!({ "step": self.step, "adam_t": self.opt.t, "fingerprint": self.fingerprint() });
-        let path = tmp.join("state.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap_or_default()).map_err(io(&path))?;
-        // There is always a whole checkpoint: the previous one is set aside first, and `resume`
-        // falls back to it if a crash comes between the two renames.
-        let old = self.dir.join(OLD_CHECKPOINT_DIR);
-        if dir.exists() {
-            let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(&dir, &old).map_err(io(&dir))?;
+        let mut out = OutputDir::create(&dir, true, &[])?;
+        write_tensors(&mut out, PARAMS, &params)?;
+        write_tensors(&mut out, OPTIMIZER, &moments)?;
+        out.write_file(STATE, &serde_json::to_vec_pretty(&state).unwrap_or_default())?;
+        let metrics = self.dir.join(METRICS);
+        if metrics.exists() {
+            std::fs::File::open(&metrics).and_then(|f| f.sync_all()).map_err(io(&metrics))?;
         }
-        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(dir)
+        let run = RunRecord { command: "train".into(), parameters: state, inputs: BTreeMap::new() };
+        Ok(out.commit(&run)?)
     }
 
     /// The settings a resumed run must share with the run it continues.
@@ -245,16 +252,23 @@ impl Trainer {
         })
     }
 
-    /// Continues from the checkpoint in run folder `from`; keeps the metrics lines up to its step.
+    /// Continues from the checkpoint in run folder `from` (or the one set aside
+    /// while it was being replaced), read through the hardened safetensors
+    /// reader after its manifest's hashes are checked; keeps the metrics lines
+    /// up to its step.
     pub fn resume(&mut self, from: &Path) -> Result<()> {
         let mut dir = from.join(CHECKPOINT_DIR);
-        if !dir.exists() && from.join(OLD_CHECKPOINT_DIR).join("state.json").exists() {
-            dir = from.join(OLD_CHECKPOINT_DIR);
+        if !dir.exists() && pesc_io::set_aside_path(&dir).join(STATE).exists() {
+            dir = pesc_io::set_aside_path(&dir);
         }
-        let path = dir.join("state.json");
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        let bad = |m: String| TrainError::Invalid(format!("`{}`: {m}", path.display()));
-        let state: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        if dir.join(pesc_io::MANIFEST).exists() {
+            if let Some((file, problem)) = pesc_io::verify_manifest(&dir)?.failure {
+                return Err(TrainError::Checkpoint { path: dir.join(file), problem });
+            }
+        }
+        let path = dir.join(STATE);
+        let bad = |problem: String| TrainError::Checkpoint { path: path.clone(), problem };
+        let state = pesc_io::parse_strict(&pesc_io::read_capped(&path, 1 << 20)?).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         if state["fingerprint"] != self.fingerprint() {
             return Err(bad(format!(
                 "the checkpoint was made with other settings ({}); resume with the same model, data and flags",
@@ -263,20 +277,12 @@ impl Trainer {
         }
         let step = state["step"].as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| bad("no `step`".into()))?;
         let adam_t = state["adam_t"].as_u64().ok_or_else(|| bad("no `adam_t`".into()))?;
-        let dev = self.model.params().first().map(|(_, v)| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
-        let params = candle_core::safetensors::load(dir.join("params.safetensors"), &dev)?;
-        let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &dev)?;
+        let params = SafetensorsFile::open(&dir.join(PARAMS))?;
+        let moments = SafetensorsFile::open(&dir.join(OPTIMIZER))?;
         for ((name, v), (m, s)) in self.model.params().iter().zip(self.opt.moments.iter_mut()) {
-            let get = |map: &HashMap<String, Tensor>, key: &str| -> Result<Tensor> {
-                let t = map.get(key).ok_or_else(|| bad(format!("the checkpoint lacks `{key}`")))?;
-                if t.dims() != v.dims() {
-                    return Err(bad(format!("`{key}` has shape {:?}, the model needs {:?}", t.dims(), v.dims())));
-                }
-                Ok(t.to_dtype(v.dtype())?)
-            };
-            v.set(&get(&params, name)?)?;
-            *m = get(&moments, &format!("{name}.exp_avg"))?;
-            *s = get(&moments, &format!("{name}.exp_avg_sq"))?;
+            v.set(&read_tensor(&params, name, v)?)?;
+            *m = read_tensor(&moments, &format!("{name}.exp_avg"), v)?;
+            *s = read_tensor(&moments, &format!("{name}.exp_avg_sq"), v)?;
         }
         self.opt.t = adam_t;
         self.step = step;
@@ -292,52 +298,135 @@ impl Trainer {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        let dst = self.dir.join(METRICS);
-        std::fs::write(&dst, kept).map_err(io(&dst))?;
+        pesc_io::write_file_atomic(&self.dir.join(METRICS), kept.as_bytes(), true)?;
         Ok(())
     }
 
     /// Writes the PEFT LoRA (`adapter_config.json`, `adapter_model.safetensors`)
-    /// and the trained routers and adapters (`moe_model.safetensors`).
+    /// and the trained routers and adapters (`moe_model.safetensors`), each
+    /// staged and renamed into the run folder.
     pub fn save_outputs(&self) -> Result<()> {
         let mo = self.model.options();
-        let (mut lora, mut moe) = (HashMap::new(), HashMap::new());
+        let (mut lora, mut moe) = (Vec::new(), Vec::new());
         for (name, v) in self.model.params() {
             if name.starts_with("base_model.model.") {
-                lora.insert(name.clone(), v.as_tensor().to_dtype(DType::F32)?);
+                lora.push((name.clone(), v.as_tensor().to_dtype(DType::F32)?));
             } else {
-                moe.insert(name.clone(), v.as_tensor().to_dtype(self.opts.moe_dtype)?);
+                moe.push((name.clone(), v.as_tensor().to_dtype(self.opts.moe_dtype)?));
             }
         }
-        let atomic = |name: &str, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
-            let tmp = self.dir.join(format!(".{name}.partial"));
-            write(&tmp)?;
-            let dst = self.dir.join(name);
-            std::fs::rename(&tmp, &dst).map_err(io(&dst))
-        };
         if mo.lora_r > 0 {
-            let config = json!({
+            let mut config = json!({
                 "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": self.opts.base_model,
                 "r": mo.lora_r, "lora_alpha": mo.lora_alpha, "lora_dropout": 0.0, "bias": "none",
                 "target_modules": mo.lora_targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
                 "fan_in_fan_out": false, "use_rslora": false, "inference_mode": true, "modules_to_save": null,
             });
             // What merge-lora reads to merge onto dequant(NF4(W)) by default.
-            let mut config = config;
             if mo.nf4_base {
                 config["quantization_config"] = json!({
                     "quant_method": "bitsandbytes", "load_in_4bit": true, "bnb_4bit_quant_type": "nf4",
                     "bnb_4bit_use_double_quant": true,
                 });
             }
-            atomic(LORA_CONFIG, &|p| std::fs::write(p, serde_json::to_vec_pretty(&config).unwrap_or_default()).map_err(io(p)))?;
-            atomic(LORA_WEIGHTS, &|p| Ok(candle_core::safetensors::save(&lora, p)?))?;
+            pesc_io::write_file_atomic(&self.dir.join(LORA_CONFIG), &serde_json::to_vec_pretty(&config).unwrap_or_default(), true)?;
+            let mut file = StagedFile::create(&self.dir.join(LORA_WEIGHTS), true, &[])?;
+            write_safetensors_of(&mut file, &lora)?;
+            file.commit()?;
         }
-        if moe.is_empty() {
-            return Ok(());
+        if !moe.is_empty() {
+            let mut file = StagedFile::create(&self.dir.join(MOE_WEIGHTS), true, &[])?;
+            write_safetensors_of(&mut file, &moe)?;
+            file.commit()?;
         }
-        atomic(MOE_WEIGHTS, &|p| Ok(candle_core::safetensors::save(&moe, p)?))
+        Ok(())
     }
+}
+
+/// The checkpoint's trainable tensors.
+const PARAMS: &str = "params.safetensors";
+/// The checkpoint's AdamW moments.
+const OPTIMIZER: &str = "optimizer.safetensors";
+/// The checkpoint's step, AdamW step and settings fingerprint.
+const STATE: &str = "state.json";
+
+/// How a tensor of `dtype` is stored: as itself, or (integer types, which the
+/// trainer never saves) as f32.
+fn stored_dtype(dtype: DType) -> pesc_tensor::DType {
+    match dtype {
+        DType::F64 => pesc_tensor::DType::F64,
+        DType::BF16 => pesc_tensor::DType::BF16,
+        DType::F16 => pesc_tensor::DType::F16,
+        _ => pesc_tensor::DType::F32,
+    }
+}
+
+/// A tensor's bytes, little-endian, in [`stored_dtype`].
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let flat = t.flatten_all()?;
+    Ok(match stored_dtype(t.dtype()) {
+        pesc_tensor::DType::F64 => flat.to_vec1::<f64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        pesc_tensor::DType::BF16 => flat.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        pesc_tensor::DType::F16 => flat.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => flat.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    })
+}
+
+/// Streams `tensors` as one safetensors file into `sink`, a tensor at a time.
+fn write_safetensors_of(sink: &mut impl Sink, tensors: &[(String, Tensor)]) -> Result<()> {
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(name, t)| TensorSpec {
+            name: name.clone(),
+            dtype: stored_dtype(t.dtype()),
+            shape: t.dims().iter().map(|&d| d as u64).collect(),
+        })
+        .collect();
+    let by_name: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let refs: Vec<&TensorSpec> = specs.iter().collect();
+    pesc_io::write_safetensors::<_, TrainError>(
+        sink,
+        &refs,
+        &mut |spec, sink| {
+            let t = by_name
+                .get(spec.name.as_str())
+                .copied()
+                .ok_or_else(|| TrainError::Checkpoint { path: PathBuf::from(&spec.name), problem: "is not a tensor of this run".into() })?;
+            Ok(sink.write_bytes(&tensor_bytes(t)?)?)
+        },
+        &mut |_, _| {},
+    )
+}
+
+/// Writes `tensors` as the file `name` of `out`.
+fn write_tensors(out: &mut OutputDir, name: &str, tensors: &[(String, Tensor)]) -> Result<()> {
+    let mut file = out.create_file(name)?;
+    write_safetensors_of(&mut file, tensors)?;
+    file.finish()?;
+    Ok(())
+}
+
+/// Tensor `name` of the checkpoint file `f`, shaped and typed like `like`.
+fn read_tensor(f: &SafetensorsFile, name: &str, like: &Tensor) -> Result<Tensor> {
+    let bad = |problem: String| TrainError::Checkpoint { path: f.path().into(), problem };
+    let t = f.tensor(name).ok_or_else(|| bad(format!("lacks `{name}`")))?;
+    let shape: Vec<usize> = t.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+    if shape != like.dims() {
+        return Err(bad(format!("`{name}` has shape {shape:?}, the model needs {:?}", like.dims())));
+    }
+    let bytes = f.read(t)?;
+    let values = match t.dtype {
+        pesc_tensor::DType::F64 => Tensor::from_vec(
+            bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect::<Vec<_>>(),
+            shape,
+            like.device(),
+        )?,
+        dtype => {
+            let v = pesc_tensor::to_f32(dtype, &bytes).ok_or_else(|| bad(format!("`{name}` has dtype {dtype}, not a float type")))?;
+            Tensor::from_vec(v, shape, like.device())?
+        }
+    };
+    Ok(values.to_dtype(like.dtype())?)
 }
 
 /// Held-out loss: the mean cross-entropy over every response token of

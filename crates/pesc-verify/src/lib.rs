@@ -1,141 +1,15 @@
-//! Compares a candidate model with a reference on the same token sequences:
-//! the largest absolute logit difference, the mean KL divergence of the
-//! candidate's next-token distribution from the reference's, top-1 agreement,
-//! and for MoE candidates the share of tokens each expert receives per layer.
+//! The equivalence gate (`verify`): a candidate model against its reference
+//! on the same inputs, with the verdict users put in CI.
+//!
+//! - [`compare`]: logits of two runners compared ([`Comparison`]);
+//! - [`gate`]: the whole check: checksums first, vocabularies, the inputs
+//!   (token ids, a prompt file or the built-in prompts), the comparison, and
+//!   the verdict: a PESC candidate whose adapters are all zero, stored like
+//!   its dense reference, must equal it exactly; anything else must stay
+//!   within the tolerances.
 
-use pesc_model::{Cache, ModelError, Runner};
+mod compare;
+mod gate;
 
-/// Where the largest difference was found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Worst {
-    /// Index of the sequence.
-    pub sequence: usize,
-    /// Position within it.
-    pub position: usize,
-    /// Vocabulary index of the logit.
-    pub token: usize,
-}
-
-/// The comparison of two models.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Comparison {
-    /// Largest `|candidate - reference|` over every logit.
-    pub max_abs_diff: f32,
-    /// Mean over positions of `KL(reference || candidate)` of the softmax distributions.
-    pub mean_kl: f64,
-    /// Share of positions whose argmax agrees.
-    pub top1_agreement: f64,
-    /// Positions compared.
-    pub tokens: usize,
-    /// Where `max_abs_diff` occurs.
-    pub worst: Worst,
-    /// For an MoE candidate: per layer, tokens routed to each expert.
-    pub expert_load: Vec<Vec<u64>>,
-}
-
-/// Runs both models on every sequence (each from an empty cache) and compares.
-pub fn compare(candidate: &Runner, reference: &Runner, sequences: &[Vec<u32>]) -> Result<Comparison, ModelError> {
-    let mut c = Comparison {
-        max_abs_diff: 0.0,
-        mean_kl: 0.0,
-        top1_agreement: 0.0,
-        tokens: 0,
-        worst: Worst { sequence: 0, position: 0, token: 0 },
-        expert_load: Vec::new(),
-    };
-    let (mut kl_sum, mut agree) = (0.0f64, 0usize);
-    for (si, seq) in sequences.iter().enumerate() {
-        let cand = candidate.forward(seq, &mut Cache::default())?;
-        let refr = reference.forward(seq, &mut Cache::default())?;
-        let (a, b) = (cand.logits.to_vec2::<f32>()?, refr.logits.to_vec2::<f32>()?);
-        for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
-            for (tok, (p, q)) in x.iter().zip(y).enumerate() {
-                let d = (p - q).abs();
-                if d > c.max_abs_diff || d.is_nan() {
-                    c.max_abs_diff = if d.is_nan() { f32::INFINITY } else { d };
-                    c.worst = Worst { sequence: si, position: pos, token: tok };
-                }
-            }
-            kl_sum += kl(y, x);
-            agree += usize::from(argmax(x) == argmax(y));
-            c.tokens += 1;
-        }
-        for (l, layer) in cand.routes.iter().enumerate() {
-            if c.expert_load.len() <= l {
-                c.expert_load.push(Vec::new());
-            }
-            for experts in layer {
-                for &e in experts {
-                    let load = &mut c.expert_load[l];
-                    if load.len() <= e {
-                        load.resize(e + 1, 0);
-                    }
-                    load[e] += 1;
-                }
-            }
-        }
-    }
-    #[allow(clippy::cast_precision_loss)]
-    if c.tokens > 0 {
-        c.mean_kl = kl_sum / c.tokens as f64;
-        c.top1_agreement = agree as f64 / c.tokens as f64;
-    }
-    Ok(c)
-}
-
-fn argmax(x: &[f32]) -> usize {
-    x.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
-}
-
-fn log_softmax(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = x.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln() + f64::from(max);
-    x.iter().map(|&v| f64::from(v) - lse).collect()
-}
-
-/// `KL(p || q)` of the softmax distributions of logits `p` and `q`, in nats.
-#[must_use]
-pub fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let (lp, lq) = (log_softmax(p), log_softmax(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
-}
-
-/// Whether `model` is a PESC model whose adapters' up projections are all
-/// zero (a fresh craft), so that it must equal its dense base exactly.
-pub fn has_zero_adapters(model: &pesc_model::Weights) -> Result<bool, ModelError> {
-    let pesc_arch::Moe::Pesc(p) = &model.config().moe else { return Ok(false) };
-    for l in 0..model.config().num_layers {
-        for j in 0..p.num_experts {
-            let (values, _) = model.read_f32(&pesc_arch::ExpertNaming::Camelidae.adapter(l, j, "up"))?;
-            if values.iter().any(|v| *v != 0.0) {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// `count` token sequences of `len` ids below `vocab`, the same on every run:
-/// the built-in inputs when a model has no tokenizer.
-#[must_use]
-pub fn builtin_sequences(vocab: usize, count: usize, len: usize) -> Vec<Vec<u32>> {
-    let mut rng = pesc_tensor::SplitMix64(0x5045_5343); // "PESC"
-    (0..count).map(|_| (0..len).map(|_| u32::try_from(rng.next_u64() % vocab.max(1) as u64).unwrap_or(0)).collect()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kl_is_zero_for_equal_and_positive_otherwise() {
-        assert!(kl(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]).abs() < 1e-12);
-        // Shifting all logits does not change the distribution.
-        assert!(kl(&[1.0, 2.0, 3.0], &[11.0, 12.0, 13.0]).abs() < 1e-12);
-        let d = kl(&[0.0, 0.0], &[0.0, 1.0]);
-        // p = (1/2, 1/2), q = (1/(1+e), e/(1+e)).
-        let e = std::f64::consts::E;
-        let want = 0.5 * (0.5f64 / (1.0 / (1.0 + e))).ln() + 0.5 * (0.5f64 / (e / (1.0 + e))).ln();
-        assert!((d - want).abs() < 1e-9, "{d} vs {want}");
-    }
-}
+pub use compare::{builtin_sequences, compare, has_zero_adapters, kl, Comparison, Worst};
+pub use gate::{gate, Gate, Inputs, Verdict, VerifyError, BUILTIN_PROMPTS};

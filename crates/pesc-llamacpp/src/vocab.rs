@@ -1,10 +1,22 @@
-//! A model folder's tokenizer as `tokenizer.ggml.*` metadata, the way
-//! llama.cpp's converter (`convert_hf_to_gguf.py`, vendored in
-//! llama-cpp-python 0.3.36: `conversion/base.py::get_vocab_base` and
-//! `_set_vocab_gpt2`, gguf-py's `SpecialVocab`) writes it. The reverse of
-//! [`pesc_arch::hf_tokenizer`].
+//! Vocabularies, both ways: a model folder's tokenizer written as the
+//! `tokenizer.ggml.*` metadata llama.cpp's converter writes ([`from_folder`]),
+//! and that metadata read back ([`GgufVocab::read`]) into the
+//! `tokenizer.json` and `tokenizer_config.json` transformers would write
+//! ([`GgufVocab::to_hf`]).
 //!
-//! Supported: byte-level BPE in `tokenizer.json` (`tokenizer.ggml.model =
+//! ## Import
+//!
+//! Supported: byte-level BPE (`tokenizer.ggml.model = "gpt2"`) with the
+//! pre-tokenizers named by `tokenizer.ggml.pre` below. Tokens are already
+//! spelled in the byte-level alphabet, merges are `"left right"` strings, and
+//! token types 3 (control) and 4 (user-defined) become added tokens, special
+//! and not, as llama.cpp treats them.
+//!
+//! ## Export
+//!
+//! As `convert_hf_to_gguf.py` (vendored in llama-cpp-python 0.3.36:
+//! `conversion/base.py::get_vocab_base` and `_set_vocab_gpt2`, gguf-py's
+//! `SpecialVocab`). Supported: byte-level BPE in `tokenizer.json` (`tokenizer.ggml.model =
 //! gpt2`). The converter names the pre-tokenizer by hashing the token ids of
 //! a test string; here it is read from `tokenizer.json`'s `pre_tokenizer`,
 //! which must be one that a llama.cpp pre-tokenizer reproduces:
@@ -53,26 +65,211 @@
 //! (`tokenizer.model`, or a BPE `tokenizer.json` with `byte_fallback`, which
 //! llama.cpp stores as `llama`) are refused for now.
 
-use crate::CraftError;
-use pesc_arch::ModelConfig;
-use pesc_gguf::{StringArray, Value};
-use serde_json::{Map, Value as Json};
+use crate::LlamaCppError;
+use pesc_gguf::{GgufFile, MetadataError, StringArray, Value};
+use pesc_hf::ModelConfig;
+use serde_json::{json, Map, Value as Json};
 use std::path::Path;
-
-/// Largest tokenizer file read (Llama 3's `tokenizer.json` is 9 MB).
-const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
-
-/// The GPT-2 split as Llama 3's `tokenizer.json` spells it.
-const LLAMA3_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Qwen2's split (digits one by one).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// `tokenizer.ggml.token_type` values (gguf-py `TokenType`).
 const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
+
+/// The GPT-2 split as Llama 3's `tokenizer.json` spells it (and as byte-level BPE applies it with `use_regex`).
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// llama.cpp's regexes for `tokenizer.ggml.pre = "default"` (or none), in order.
+const DEFAULT_SPLITS: [&str; 4] =
+    [r"[\p{P}\$\+<=>\^~\|]+", r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)", r"\p{N}+", r"[0-9][0-9][0-9]"];
+
+/// What the GGUF says about its tokenizer.
+pub struct GgufVocab {
+    /// `tokenizer.ggml.model`.
+    pub model: String,
+    /// `tokenizer.ggml.pre` (absent means `default`).
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.token_type` (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.merges`.
+    pub merges: Vec<String>,
+    /// Special token ids.
+    pub bos: Option<u32>,
+    /// End of sequence.
+    pub eos: Option<u32>,
+    /// Unknown.
+    pub unk: Option<u32>,
+    /// Padding.
+    pub pad: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`.
+    pub add_bos: bool,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+    /// `<arch>.context_length`.
+    pub context_length: Option<u64>,
+}
+
+fn pre_tokenizer(pre: &str) -> Result<Json, (&'static str, String)> {
+    let byte_level =
+        |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    // llama.cpp applies its regexes one after another, each to the pieces the
+    // previous left (matches and the text between them), then maps bytes.
+    let splits = |regexes: &[&str]| {
+        let mut seq: Vec<Json> =
+            regexes.iter().map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false})).collect();
+        seq.push(byte_level(false));
+        json!({"type": "Sequence", "pretokenizers": seq})
+    };
+    let split = |regex: &str| splits(&[regex]);
+    Ok(match pre {
+        "gpt-2" | "gpt2" => byte_level(true),
+        // llama.cpp's fallback for BPE vocabularies it does not name.
+        "default" => splits(&DEFAULT_SPLITS),
+        // Digits one by one, then the GPT-2 split (llama.cpp's `smollm` and `starcoder`).
+        "smollm" | "starcoder" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            byte_level(true),
+        ]}),
+        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" => split(LLAMA3_SPLIT),
+        "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT),
+        other => {
+            return Err((
+                "tokenizer.ggml.pre",
+                format!("`{other}` is not supported (known: default, gpt2, smollm, starcoder, llama3/llama-bpe, qwen2)"),
+            ))
+        }
+    })
+}
+
+impl GgufVocab {
+    /// Reads `tokenizer.ggml.*` (`context`: `{arch}.context_length`); `None`
+    /// when the file has no vocabulary.
+    pub fn read(file: &GgufFile, context: Option<u64>) -> Result<Option<Self>, LlamaCppError> {
+        let md = file.metadata();
+        let Some(model) = md.opt_str("tokenizer.ggml.model").map_err(|e| meta(file, e))? else { return Ok(None) };
+        // llama.cpp's placeholder for a model without a vocabulary.
+        if matches!(model, "none" | "no_vocab") {
+            return Ok(None);
+        }
+        let strings = |key: &str| -> Result<Vec<String>, LlamaCppError> {
+            if !md.contains(key) {
+                return Ok(Vec::new());
+            }
+            Ok(md.get_str_array(key).map_err(|e| meta(file, e))?.iter().map(str::to_owned).collect())
+        };
+        let id = |key: &str| -> Result<Option<u32>, LlamaCppError> { md.opt_u32(key).map_err(|e| meta(file, e)) };
+        let token_types = if md.contains("tokenizer.ggml.token_type") {
+            md.get_i32_array("tokenizer.ggml.token_type").map_err(|e| meta(file, e))?.to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Some(GgufVocab {
+            model: model.to_owned(),
+            pre: md.opt_str("tokenizer.ggml.pre").map_err(|e| meta(file, e))?.map(str::to_owned),
+            tokens: strings("tokenizer.ggml.tokens")?,
+            token_types,
+            merges: strings("tokenizer.ggml.merges")?,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            unk: id("tokenizer.ggml.unknown_token_id")?,
+            pad: id("tokenizer.ggml.padding_token_id")?,
+            add_bos: md.opt_bool("tokenizer.ggml.add_bos_token").map_err(|e| meta(file, e))?.unwrap_or(false),
+            chat_template: md.opt_str("tokenizer.chat_template").map_err(|e| meta(file, e))?.map(str::to_owned),
+            context_length: context,
+        }))
+    }
+
+    /// `(tokenizer.json, tokenizer_config.json)` as transformers would write
+    /// them for this vocabulary; `path` (the GGUF file) names it in errors.
+    pub fn to_hf(&self, path: &Path) -> Result<(Json, Json), LlamaCppError> {
+        hf_tokenizer(self).map_err(|(key, problem)| LlamaCppError::Vocabulary { path: path.into(), key, problem })
+    }
+}
+
+/// Builds `(tokenizer.json, tokenizer_config.json)`; an error names the key at fault.
+fn hf_tokenizer(v: &GgufVocab) -> Result<(Json, Json), (&'static str, String)> {
+    if v.model != "gpt2" {
+        return Err(("tokenizer.ggml.model", format!("`{}` is not supported for import (only byte-level BPE, `gpt2`)", v.model)));
+    }
+    if !v.token_types.is_empty() && v.token_types.len() != v.tokens.len() {
+        return Err(("tokenizer.ggml.token_type", format!("has {} entries for {} tokens", v.token_types.len(), v.tokens.len())));
+    }
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in v.tokens.iter().enumerate() {
+        if vocab.insert(t.clone(), json!(i)).is_some() {
+            return Err(("tokenizer.ggml.tokens", format!("holds `{t}` twice")));
+        }
+    }
+    let added: Vec<Json> = v
+        .tokens
+        .iter()
+        .zip(&v.token_types)
+        .enumerate()
+        .filter(|(_, (_, ty))| matches!(ty, 3 | 4))
+        .map(|(id, (t, ty))| {
+            json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": *ty == 3})
+        })
+        .collect();
+    for (key, id) in [
+        ("tokenizer.ggml.bos_token_id", v.bos),
+        ("tokenizer.ggml.eos_token_id", v.eos),
+        ("tokenizer.ggml.unknown_token_id", v.unk),
+        ("tokenizer.ggml.padding_token_id", v.pad),
+    ] {
+        if let Some(id) = id.filter(|&i| i as usize >= v.tokens.len()) {
+            return Err((key, format!("{id} is outside the vocabulary of {} tokens", v.tokens.len())));
+        }
+    }
+    let name = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize)).cloned();
+    let post = match (v.add_bos, name(v.bos)) {
+        (true, Some(bos)) => json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos.clone(): {"id": bos, "ids": [v.bos], "tokens": [bos]}},
+        }),
+        _ => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true}),
+    };
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer(v.pre.as_deref().unwrap_or("default"))?,
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": name(v.unk), "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": v.merges,
+        },
+    });
+    let mut config = json!({
+        "add_bos_token": v.add_bos,
+        "add_prefix_space": false,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": v.context_length.unwrap_or(2048),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    for (key, id) in [("bos_token", v.bos), ("eos_token", v.eos), ("unk_token", v.unk), ("pad_token", v.pad)] {
+        if let Some(t) = name(id) {
+            config[key] = json!(t);
+        }
+    }
+    if let Some(t) = &v.chat_template {
+        config["chat_template"] = json!(t);
+    }
+    Ok((tokenizer, config))
+}
+
+/// Largest tokenizer file read (Llama 3's `tokenizer.json` is 9 MB).
+const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
 /// The special token kinds gguf-py's `SpecialVocab` looks for, in its order,
 /// with the GGUF key each is written under.
@@ -105,20 +302,20 @@ pub enum VocabKind {
 
 /// The `tokenizer.*` metadata of the model folder `dir` (with its `config`),
 /// in the converter's order, and what kind of vocabulary it is.
-pub fn gguf_vocab(dir: &Path, config: &ModelConfig) -> Result<(Vec<(String, Value)>, VocabKind), CraftError> {
+pub fn from_folder(dir: &Path, config: &ModelConfig) -> Result<(Vec<(String, Value)>, VocabKind), LlamaCppError> {
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.is_file() {
         if dir.join("tokenizer.model").is_file() {
-            return Err(CraftError::Invalid(format!(
-                "`{}`: a SentencePiece tokenizer (tokenizer.model) without tokenizer.json is not supported for GGUF export yet",
-                dir.display()
-            )));
+            return Err(LlamaCppError::Tokenizer {
+                path: dir.join("tokenizer.model"),
+                problem: "a SentencePiece tokenizer (tokenizer.model) without tokenizer.json is not supported for GGUF export yet".into(),
+            });
         }
         return Ok((vec![("tokenizer.ggml.model".into(), Value::from("none"))], VocabKind::None));
     }
     let tokenizer = read_json(dir, "tokenizer.json")?;
     let tokenizer_config = if dir.join("tokenizer_config.json").is_file() { Some(read_json(dir, "tokenizer_config.json")?) } else { None };
-    let err = |what: String| CraftError::Invalid(format!("`{}`: {what}", tokenizer_path.display()));
+    let err = |problem: String| LlamaCppError::Tokenizer { path: tokenizer_path.clone(), problem };
     let tj = tokenizer.as_object().ok_or_else(|| err("is not a JSON object".into()))?;
     let tc = tokenizer_config.as_ref().and_then(Json::as_object);
 
@@ -175,11 +372,11 @@ pub fn gguf_vocab(dir: &Path, config: &ModelConfig) -> Result<(Vec<(String, Valu
     Ok((md, VocabKind::Bpe { pre, tokens: n_tokens }))
 }
 
-fn read_json(dir: &Path, name: &str) -> Result<Json, CraftError> {
+fn read_json(dir: &Path, name: &str) -> Result<Json, LlamaCppError> {
     let path = dir.join(name);
     pesc_io::confined(dir, &path)?;
     let bytes = pesc_io::read_capped(&path, MAX_TOKENIZER_BYTES)?;
-    pesc_io::parse_strict(&bytes).map_err(|e| CraftError::Io(pesc_io::Error::Json { path, message: e.to_string() }))
+    pesc_io::parse_strict(&bytes).map_err(|e| pesc_io::Error::Json { path, message: e.to_string() }.into())
 }
 
 /// A short rendering of a JSON value for messages.
@@ -338,7 +535,7 @@ struct Special {
 }
 
 impl Special {
-    fn set_id(&mut self, kind: &'static str, id: u64, vocab_size: u64, source: &str) -> Result<(), CraftError> {
+    fn set_id(&mut self, kind: &'static str, id: u64, vocab_size: u64, source: &Path) -> Result<(), LlamaCppError> {
         if self.ids.iter().any(|(k, _)| *k == kind) {
             return Ok(());
         }
@@ -347,7 +544,10 @@ impl Special {
                 self.ids.push((kind, v));
                 Ok(())
             }
-            _ => Err(CraftError::Invalid(format!("{source}: the {kind} token id {id} is outside vocab_size {vocab_size}"))),
+            _ => Err(LlamaCppError::Tokenizer {
+                path: source.into(),
+                problem: format!("the {kind} token id {id} is outside vocab_size {vocab_size}"),
+            }),
         }
     }
 
@@ -377,10 +577,12 @@ fn special_vocab(
     config: &Map<String, Json>,
     vocab_size: u64,
     dir: &Path,
-) -> Result<Special, CraftError> {
+) -> Result<Special, LlamaCppError> {
     let tokenizer_path = dir.join("tokenizer.json");
-    let unsupported =
-        |what: String| CraftError::Invalid(format!("`{}`: {what} is not supported for GGUF export", tokenizer_path.display()));
+    let unsupported = |what: String| LlamaCppError::Tokenizer {
+        path: tokenizer_path.clone(),
+        problem: format!("{what} is not supported for GGUF export"),
+    };
     let mut s = Special { ids: Vec::new(), add: Vec::new() };
     let mut bos = config_token(tc, "bos");
     let mut cls = config_token(tc, "cls");
@@ -459,7 +661,7 @@ fn special_vocab(
         .and_then(Json::as_array)
         .map(|a| a.iter().filter_map(|t| Some((t.get("content")?.as_str()?, t.get("id")?.as_u64()?))).collect())
         .unwrap_or_default();
-    let tc_path = format!("`{}`", dir.join("tokenizer_config.json").display());
+    let tc_path = dir.join("tokenizer_config.json");
     for (kind, _) in SPECIAL_KINDS {
         let content = match kind {
             "bos" => bos.clone(),
@@ -478,8 +680,8 @@ fn special_vocab(
 
 /// `config.json`'s integer `*_token_id` for the kinds still unset (a list,
 /// like Llama 3's `eos_token_id`, is skipped as gguf-py skips it).
-fn config_ids(s: &mut Special, config: &Map<String, Json>, vocab_size: u64, dir: &Path) -> Result<(), CraftError> {
-    let config_path = format!("`{}`", dir.join("config.json").display());
+fn config_ids(s: &mut Special, config: &Map<String, Json>, vocab_size: u64, dir: &Path) -> Result<(), LlamaCppError> {
+    let config_path = dir.join("config.json");
     for (kind, _) in SPECIAL_KINDS {
         if let Some(id) = config.get(&format!("{kind}_token_id")).and_then(Json::as_u64) {
             s.set_id(kind, id, vocab_size, &config_path)?;
@@ -488,8 +690,8 @@ fn config_ids(s: &mut Special, config: &Map<String, Json>, vocab_size: u64, dir:
     Ok(())
 }
 
-fn chat_template(dir: &Path, tc: Option<&Map<String, Json>>) -> Result<Option<String>, CraftError> {
-    let template_of = |v: &Json, source: &str| -> Result<Option<String>, CraftError> {
+fn chat_template(dir: &Path, tc: Option<&Map<String, Json>>) -> Result<Option<String>, LlamaCppError> {
+    let template_of = |v: &Json, source: &Path| -> Result<Option<String>, LlamaCppError> {
         match v {
             Json::Null => Ok(None),
             Json::String(s) => Ok(Some(s.clone())),
@@ -499,24 +701,28 @@ fn chat_template(dir: &Path, tc: Option<&Map<String, Json>>) -> Result<Option<St
                 .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
                 .and_then(|t| t.get("template").and_then(Json::as_str))
                 .map(str::to_owned)),
-            _ => Err(CraftError::Invalid(format!("{source}: `chat_template` is neither a string nor a list"))),
+            _ => Err(LlamaCppError::Tokenizer { path: source.into(), problem: "`chat_template` is neither a string nor a list".into() }),
         }
     };
     if let Some(v) = tc.and_then(|c| c.get("chat_template")) {
-        return template_of(v, &format!("`{}`", dir.join("tokenizer_config.json").display()));
+        return template_of(v, &dir.join("tokenizer_config.json"));
     }
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
         pesc_io::confined(dir, &jinja)?;
         let bytes = pesc_io::read_capped(&jinja, MAX_TOKENIZER_BYTES)?;
-        let text = String::from_utf8(bytes).map_err(|_| CraftError::Invalid(format!("`{}` is not UTF-8", jinja.display())))?;
+        let text = String::from_utf8(bytes).map_err(|_| pesc_hf::HfError::NotUtf8 { path: jinja.clone() })?;
         return Ok(Some(text));
     }
     if dir.join("chat_template.json").is_file() {
         let v = read_json(dir, "chat_template.json")?;
-        return template_of(v.get("chat_template").unwrap_or(&Json::Null), &format!("`{}`", dir.join("chat_template.json").display()));
+        return template_of(v.get("chat_template").unwrap_or(&Json::Null), &dir.join("chat_template.json"));
     }
     Ok(None)
+}
+
+fn meta(file: &GgufFile, e: MetadataError) -> LlamaCppError {
+    LlamaCppError::from(file.metadata_error(e))
 }
 
 #[cfg(test)]

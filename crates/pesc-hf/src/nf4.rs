@@ -1,5 +1,6 @@
 //! NF4 folders: the layout transformers' `save_pretrained` writes for a
-//! bitsandbytes 4-bit model, validated piece by piece.
+//! bitsandbytes 4-bit model, validated piece by piece when read and written
+//! byte for byte as transformers writes it ([`nf4_config`], [`stored_pieces`]).
 //!
 //! A quantized weight `P.weight` is stored as the packed codes (U8
 //! `[(numel+1)/2, 1]`) plus `P.weight.absmax`, `P.weight.quant_map`,
@@ -7,7 +8,7 @@
 //! `P.weight.nested_quant_map`, and `P.weight.quant_state.bitsandbytes__nf4`,
 //! the UTF-8 JSON of its quant state (shape, dtype, blocksize, offset).
 
-use crate::model::ArchError;
+use crate::{HfError, Model, StoreDType};
 use pesc_io::Checkpoint;
 use pesc_quant::nf4::{Absmax, DoubleQuant, Nf4Tensor, BLOCKSIZES, NESTED_BLOCKSIZE, NF4_CODE};
 use pesc_tensor::{shape_str, DType};
@@ -72,27 +73,27 @@ fn dtype_of_name(s: &str) -> Option<DType> {
 
 impl Nf4Config {
     /// Reads `quantization_config` from a config; `None` when there is none.
-    pub(crate) fn parse(path: &Path, raw: &Map<String, Value>) -> Result<Option<Self>, ArchError> {
-        let err = |key: &str, problem: String| ArchError::Config { path: path.into(), key: format!("quantization_config.{key}"), problem };
+    pub(crate) fn parse(path: &Path, raw: &Map<String, Value>) -> Result<Option<Self>, HfError> {
+        let err = |key: &str, problem: String| HfError::Config { path: path.into(), key: format!("quantization_config.{key}"), problem };
         let q = match raw.get("quantization_config") {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Object(q)) => q,
             Some(v) => {
-                return Err(ArchError::Config {
+                return Err(HfError::Config {
                     path: path.into(),
                     key: "quantization_config".into(),
                     problem: format!("must be an object, found {v}"),
                 })
             }
         };
-        let text = |key: &str| -> Result<Option<&str>, ArchError> {
+        let text = |key: &str| -> Result<Option<&str>, HfError> {
             match q.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s)),
                 Some(v) => Err(err(key, format!("must be a string, found {v}"))),
             }
         };
-        let flag = |key: &str| -> Result<bool, ArchError> {
+        let flag = |key: &str| -> Result<bool, HfError> {
             match q.get(key) {
                 None | Some(Value::Null) => Ok(false),
                 Some(Value::Bool(b)) => Ok(*b),
@@ -137,9 +138,9 @@ pub(crate) fn pieces(double_quant: bool) -> &'static [&'static str] {
 }
 
 /// Checks the NF4 weight `name`, implied by the config to have `shape`.
-pub(crate) fn check_weight(dir: &Path, w: &Checkpoint, cfg: &Nf4Config, name: &str, shape: &[u64]) -> Result<Nf4Info, ArchError> {
+pub(crate) fn check_weight(dir: &Path, w: &Checkpoint, cfg: &Nf4Config, name: &str, shape: &[u64]) -> Result<Nf4Info, HfError> {
     let file = |t: &str| w.file_of(t).map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
-    let bad = |field: &str, problem: String| ArchError::Nf4 {
+    let bad = |field: &str, problem: String| HfError::Nf4 {
         path: file(&format!("{name}.{QUANT_STATE}")),
         tensor: name.to_owned(),
         field: field.to_owned(),
@@ -162,10 +163,10 @@ pub(crate) fn check_weight(dir: &Path, w: &Checkpoint, cfg: &Nf4Config, name: &s
     }
     let numel = info.numel();
     let blocks = numel.div_ceil(info.blocksize as u64);
-    let piece = |field: &str, dtype: DType, want: Vec<u64>| -> Result<(), ArchError> {
+    let piece = |field: &str, dtype: DType, want: Vec<u64>| -> Result<(), HfError> {
         let t_name = if field == "weight" { name.to_owned() } else { format!("{name}.{field}") };
         let Some(t) = w.get(&t_name) else {
-            return Err(ArchError::Nf4 {
+            return Err(HfError::Nf4 {
                 path: dir.to_path_buf(),
                 tensor: name.to_owned(),
                 field: field.into(),
@@ -173,7 +174,7 @@ pub(crate) fn check_weight(dir: &Path, w: &Checkpoint, cfg: &Nf4Config, name: &s
             });
         };
         if t.dtype != dtype || t.shape != want {
-            return Err(ArchError::Nf4 {
+            return Err(HfError::Nf4 {
                 path: file(&t_name),
                 tensor: name.to_owned(),
                 field: field.into(),
@@ -194,7 +195,7 @@ pub(crate) fn check_weight(dir: &Path, w: &Checkpoint, cfg: &Nf4Config, name: &s
     piece("quant_map", DType::F32, vec![16])?;
     let map = f32s(&w.read(&format!("{name}.quant_map"))?);
     if map.iter().zip(NF4_CODE).any(|(a, b)| a.to_bits() != b.to_bits()) {
-        return Err(ArchError::Nf4 {
+        return Err(HfError::Nf4 {
             path: file(&format!("{name}.quant_map")),
             tensor: name.to_owned(),
             field: "quant_map".into(),
@@ -214,7 +215,7 @@ pub(crate) fn check_weight(dir: &Path, w: &Checkpoint, cfg: &Nf4Config, name: &s
     Ok(info)
 }
 
-fn parse_state(w: &Checkpoint, name: &str, bad: &dyn Fn(&str, String) -> ArchError) -> Result<Nf4Info, ArchError> {
+fn parse_state(w: &Checkpoint, name: &str, bad: &dyn Fn(&str, String) -> HfError) -> Result<Nf4Info, HfError> {
     let state_name = format!("{name}.{QUANT_STATE}");
     let Some(t) = w.get(&state_name) else { return Err(bad("quant_state", format!("is missing (`{state_name}`)"))) };
     if t.dtype != DType::U8 || t.shape.len() != 1 || t.nbytes > MAX_QUANT_STATE_BYTES {
@@ -278,7 +279,7 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// Reads and checks the stored NF4 tensor `name`.
-pub(crate) fn read(w: &Checkpoint, dir: &Path, name: &str, info: &Nf4Info) -> Result<Nf4Tensor, ArchError> {
+pub(crate) fn read(w: &Checkpoint, dir: &Path, name: &str, info: &Nf4Info) -> Result<Nf4Tensor, HfError> {
     let path: PathBuf = w.file_of(name).map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
     let piece = |p: &str| w.read(&format!("{name}.{p}"));
     let absmax = match info.offset {
@@ -290,16 +291,186 @@ pub(crate) fn read(w: &Checkpoint, dir: &Path, name: &str, info: &Nf4Info) -> Re
             nested_quant_map: f32s(&piece("nested_quant_map")?),
         }),
     };
-    let numel = usize::try_from(info.numel()).map_err(|_| ArchError::Nf4 {
+    let numel = usize::try_from(info.numel()).map_err(|_| HfError::Nf4 {
         path: path.clone(),
         tensor: name.to_owned(),
         field: "quant_state.shape".into(),
         problem: "is too large for this machine".into(),
     })?;
-    Nf4Tensor::from_parts(numel, info.blocksize, w.read(name)?, absmax).map_err(|e| ArchError::Nf4 {
+    Nf4Tensor::from_parts(numel, info.blocksize, w.read(name)?, absmax).map_err(|e| HfError::Nf4 {
         path,
         tensor: name.to_owned(),
         field: "values".into(),
         problem: e.to_string(),
     })
+}
+
+// === writing ===
+
+/// The dtype name transformers records for `model`'s weights: config.json's
+/// `dtype` / `torch_dtype` when it is a float type, else the embedding's.
+fn model_dtype(model: &Model) -> &'static str {
+    match model.config.dtype.as_deref() {
+        Some("float32") => "float32",
+        Some("float16") => "float16",
+        Some("bfloat16") => "bfloat16",
+        _ => StoreDType::torch_name(model.weights.get("model.embed_tokens.weight").map_or(DType::F32, |t| t.dtype)),
+    }
+}
+
+/// `config.json` of the NF4 folder of `model`: its own, plus
+/// `quantization_config` with the keys and order transformers 5 writes for
+/// bitsandbytes 4-bit, placed where transformers' sorted keys put it.
+#[must_use]
+pub fn nf4_config(model: &Model, double_quant: bool) -> Map<String, Value> {
+    let q = serde_json::json!({
+        "_load_in_4bit": true,
+        "_load_in_8bit": false,
+        "bnb_4bit_compute_dtype": model_dtype(model),
+        "bnb_4bit_quant_storage": "uint8",
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": double_quant,
+        "llm_int8_enable_fp32_cpu_offload": false,
+        "llm_int8_has_fp16_weight": false,
+        "llm_int8_skip_modules": null,
+        "llm_int8_threshold": 6.0,
+        "load_in_4bit": true,
+        "load_in_8bit": false,
+        "quant_method": "bitsandbytes",
+    });
+    let key = "quantization_config";
+    let mut out = Map::new();
+    for (k, v) in &model.config.raw {
+        if k.as_str() > key && !out.contains_key(key) {
+            out.insert(key.into(), q.clone());
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    if !out.contains_key(key) {
+        out.insert(key.into(), q);
+    }
+    out
+}
+
+/// Python's `repr` of a float, as `json.dumps` writes it (shortest digits;
+/// exponent form below 1e-4 and from 1e16).
+fn py_float(x: f64) -> String {
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    let sci = format!("{:e}", x.abs());
+    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mant.chars().filter(char::is_ascii_digit).collect();
+    let sign = if x < 0.0 { "-" } else { "" };
+    let body = if (-4..16).contains(&exp) {
+        if exp < 0 {
+            format!("0.{}{digits}", "0".repeat(usize::try_from(-exp - 1).unwrap_or(0)))
+        } else {
+            let point = usize::try_from(exp + 1).unwrap_or(0);
+            if digits.len() <= point {
+                format!("{digits}{}.0", "0".repeat(point - digits.len()))
+            } else {
+                format!("{}.{}", &digits[..point], &digits[point..])
+            }
+        }
+    } else {
+        let (head, tail) = digits.split_at(1);
+        let frac = if tail.is_empty() { String::new() } else { format!(".{tail}") };
+        format!("{head}{frac}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    };
+    format!("{sign}{body}")
+}
+
+/// The quant-state JSON bitsandbytes packs into `P.weight.quant_state.bitsandbytes__nf4`.
+fn quant_state_json(t: &Nf4Tensor, dtype: DType, shape: &[u64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    let mut s = format!(
+        "{{\"quant_type\": \"nf4\", \"blocksize\": {}, \"dtype\": \"{}\", \"shape\": [{}]",
+        t.blocksize(),
+        StoreDType::torch_name(dtype),
+        dims.join(", ")
+    );
+    if let Absmax::Double(d) = t.absmax() {
+        s.push_str(&format!(
+            ", \"nested_blocksize\": {}, \"nested_dtype\": \"float32\", \"nested_offset\": {}",
+            NESTED_BLOCKSIZE,
+            py_float(f64::from(d.offset))
+        ));
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// One tensor bitsandbytes stores for an NF4 weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Its name (`P.weight`, `P.weight.absmax`, ...).
+    pub name: String,
+    /// Its dtype.
+    pub dtype: DType,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The tensors stored for the NF4 weight `name` quantized as `q` (original
+/// `dtype` and `shape`): the packed codes (U8 `[(numel+1)/2, 1]`), `absmax`,
+/// `quant_map`, with double quantization `nested_absmax` and
+/// `nested_quant_map`, and the quant-state JSON.
+#[must_use]
+pub fn stored_pieces(name: &str, q: &Nf4Tensor, dtype: DType, shape: &[u64]) -> Vec<Piece> {
+    let piece = |suffix: &str, dtype: DType, shape: Vec<u64>, bytes: Vec<u8>| Piece {
+        name: if suffix.is_empty() { name.to_owned() } else { format!("{name}.{suffix}") },
+        dtype,
+        shape,
+        bytes,
+    };
+    let numel = pesc_tensor::numel(shape).unwrap_or(0);
+    let blocks = numel.div_ceil(q.blocksize() as u64);
+    let mut out = vec![piece("", DType::U8, vec![numel.div_ceil(2), 1], q.packed().to_vec())];
+    match q.absmax() {
+        Absmax::Plain(a) => {
+            out.push(piece("absmax", DType::F32, vec![blocks], f32_bytes(a)));
+            out.push(piece("quant_map", DType::F32, vec![16], f32_bytes(&NF4_CODE)));
+        }
+        Absmax::Double(d) => {
+            out.push(piece("absmax", DType::U8, vec![blocks], d.codes.clone()));
+            out.push(piece("quant_map", DType::F32, vec![16], f32_bytes(&NF4_CODE)));
+            out.push(piece("nested_absmax", DType::F32, vec![blocks.div_ceil(NESTED_BLOCKSIZE as u64)], f32_bytes(&d.nested_absmax)));
+            out.push(piece("nested_quant_map", DType::F32, vec![256], f32_bytes(&d.nested_quant_map)));
+        }
+    }
+    let json = quant_state_json(q, dtype, shape);
+    out.push(piece(QUANT_STATE, DType::U8, vec![json.len() as u64], json));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::py_float;
+
+    #[test]
+    fn floats_print_as_python_repr() {
+        for (x, want) in [
+            (0.269_893_378_019_332_9, "0.2698933780193329"),
+            (0.052_149_564_027_786_255, "0.052149564027786255"),
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (1.5e-7, "1.5e-07"),
+            (6.0, "6.0"),
+            (123_456.5, "123456.5"),
+            (1e16, "1e+16"),
+            (2.5e20, "2.5e+20"),
+            (-0.25, "-0.25"),
+            (0.0, "0.0"),
+        ] {
+            assert_eq!(py_float(x), want, "{x}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `config.json` of the Llama family, validated.
 
-use crate::model::ArchError;
+use crate::HfError;
 use crate::{MAX_EXPERTS, MAX_LAYERS};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -161,7 +161,7 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 impl ModelConfig {
     /// Reads and validates `dir/config.json`.
-    pub fn load(dir: &Path) -> Result<Self, ArchError> {
+    pub fn load(dir: &Path) -> Result<Self, HfError> {
         let path = dir.join("config.json");
         pesc_io::confined(dir, &path)?;
         let bytes = pesc_io::read_capped(&path, MAX_CONFIG_BYTES)?;
@@ -169,11 +169,11 @@ impl ModelConfig {
     }
 
     /// Validates config JSON `bytes` read from `path`.
-    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, ArchError> {
-        let value = pesc_io::parse_strict(bytes)
-            .map_err(|e| ArchError::from(pesc_io::Error::Json { path: path.into(), message: e.to_string() }))?;
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, HfError> {
+        let value =
+            pesc_io::parse_strict(bytes).map_err(|e| HfError::from(pesc_io::Error::Json { path: path.into(), message: e.to_string() }))?;
         let Value::Object(raw) = value else {
-            return Err(ArchError::Config { path: path.into(), key: "<root>".into(), problem: "is not a JSON object".into() });
+            return Err(HfError::Config { path: path.into(), key: "<root>".into(), problem: "is not a JSON object".into() });
         };
         let r = Reader { path, raw: &raw };
         let model_type = r.string("model_type")?.ok_or_else(|| r.err("model_type", "is missing".into()))?;
@@ -189,7 +189,7 @@ impl ModelConfig {
             ("camelidae", None) => Family::Llama,
             ("qwen2idae", None) => Family::Qwen2,
             ("sparsetral" | "mixtral", None) => Family::Mistral,
-            (t, None) => Family::from_model_type(t).ok_or_else(|| ArchError::Unsupported {
+            (t, None) => Family::from_model_type(t).ok_or_else(|| HfError::Unsupported {
                 path: path.into(),
                 model_type: t.to_owned(),
                 architectures: architectures.join(", "),
@@ -281,9 +281,9 @@ impl ModelConfig {
 
     /// Every tensor this config implies, with its shape, in name order. With
     /// tied embeddings `lm_head.weight` is absent (a checkpoint may still hold it).
-    pub fn expected_tensors(&self) -> Result<Vec<(String, Vec<u64>)>, ArchError> {
+    pub fn expected_tensors(&self) -> Result<Vec<(String, Vec<u64>)>, HfError> {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let overflow = |what: &str| ArchError::Config {
+        let overflow = |what: &str| HfError::Config {
             path: self.path.clone(),
             key: what.into(),
             problem: "implies a tensor shape that overflows".into(),
@@ -354,7 +354,7 @@ impl ModelConfig {
     }
 }
 
-fn check_experts(r: &Reader<'_>, nk: &str, n: u64, kk: &str, k: u64) -> Result<(), ArchError> {
+fn check_experts(r: &Reader<'_>, nk: &str, n: u64, kk: &str, k: u64) -> Result<(), HfError> {
     if n > MAX_EXPERTS {
         return Err(r.err(nk, format!("{n} is above the limit of {MAX_EXPERTS}")));
     }
@@ -370,15 +370,15 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn err(&self, key: &str, problem: String) -> ArchError {
-        ArchError::Config { path: self.path.into(), key: key.into(), problem }
+    fn err(&self, key: &str, problem: String) -> HfError {
+        HfError::Config { path: self.path.into(), key: key.into(), problem }
     }
 
     fn present(&self, key: &str) -> Option<&Value> {
         self.raw.get(key).filter(|v| !v.is_null())
     }
 
-    fn opt_positive(&self, key: &str) -> Result<Option<u64>, ArchError> {
+    fn opt_positive(&self, key: &str) -> Result<Option<u64>, HfError> {
         match self.present(key) {
             None => Ok(None),
             Some(v) => match v.as_u64() {
@@ -388,15 +388,15 @@ impl Reader<'_> {
         }
     }
 
-    fn positive(&self, key: &str) -> Result<u64, ArchError> {
+    fn positive(&self, key: &str) -> Result<u64, HfError> {
         self.opt_positive(key)?.ok_or_else(|| self.err(key, "is missing".into()))
     }
 
-    fn float(&self, key: &str) -> Result<Option<f64>, ArchError> {
+    fn float(&self, key: &str) -> Result<Option<f64>, HfError> {
         float_of(self.present(key)).map_err(|v| self.err(key, format!("must be a number, found {v}")))
     }
 
-    fn bool(&self, key: &str) -> Result<Option<bool>, ArchError> {
+    fn bool(&self, key: &str) -> Result<Option<bool>, HfError> {
         match self.present(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -404,7 +404,7 @@ impl Reader<'_> {
         }
     }
 
-    fn string(&self, key: &str) -> Result<Option<String>, ArchError> {
+    fn string(&self, key: &str) -> Result<Option<String>, HfError> {
         match self.present(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -413,7 +413,7 @@ impl Reader<'_> {
     }
 
     /// `rope_parameters` (transformers 5) or top-level `rope_theta` and `rope_scaling`.
-    fn rope(&self) -> Result<(f64, RopeScaling), ArchError> {
+    fn rope(&self) -> Result<(f64, RopeScaling), HfError> {
         let (key, params) = match self.present("rope_parameters") {
             Some(p) => ("rope_parameters", Some(p)),
             None => ("rope_scaling", self.present("rope_scaling")),
@@ -430,7 +430,7 @@ impl Reader<'_> {
         let Some(p) = params else { return Ok((theta, RopeScaling::None)) };
         let Value::Object(p) = p else { return Err(self.err(key, "must be an object or null".into())) };
         let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
-        let num = |field: &str| -> Result<f64, ArchError> {
+        let num = |field: &str| -> Result<f64, HfError> {
             match float_of(p.get(field)) {
                 Ok(Some(x)) if x.is_finite() && x > 0.0 => Ok(x),
                 _ => Err(self.err(&format!("{key}.{field}"), "must be a positive number".into())),

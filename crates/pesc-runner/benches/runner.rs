@@ -1,6 +1,6 @@
 //! Prefill and decode throughput of the runner on a model folder.
 //!
-//! `PESC_BENCH_MODEL=DIR|FILE.gguf cargo bench -p pesc-model --bench runner`
+//! `PESC_BENCH_MODEL=DIR|FILE.gguf cargo bench -p pesc-runner --bench runner`
 //! prints, for f32 and bf16 (or those `PESC_BENCH_DTYPES=f32,bf16` names):
 //! prefill tokens/s for a 128-token prompt and decode tokens/s for 64 tokens
 //! after it (median of 3 runs). `scripts/bench-runner.sh` runs
@@ -8,7 +8,7 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-use pesc_model::{Cache, ComputeDType, Runner};
+use pesc_runner::{Cache, ComputeDType, Runner};
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -1,7 +1,7 @@
 //! What `inspect` reports about a model or a lone weights file.
 
 use crate::config::{Moe, RopeScaling};
-use crate::model::Model;
+use crate::Model;
 use pesc_io::Checkpoint;
 use std::collections::BTreeMap;
 

@@ -3,112 +3,11 @@
 use crate::config::{ModelConfig, Moe};
 use crate::names::ExpertNaming;
 use crate::nf4::{Nf4Config, Nf4Info, QUANT_STATE};
+use crate::HfError;
 use pesc_io::Checkpoint;
 use pesc_tensor::shape_str;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// What can be wrong with a model folder beyond its file framing.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ArchError {
-    /// A file-level error.
-    #[error(transparent)]
-    Io(#[from] pesc_io::Error),
-    /// A `config.json` key is missing or has a bad value.
-    #[error("`{path}`: `{key}` {problem}")]
-    Config {
-        /// The config file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The architecture is not one this tool handles.
-    #[error("`{path}`: model_type `{model_type}` (architectures: {architectures}) is not supported; supported are llama (TinyLlama, Llama 2/3, Yi, SmolLM2), mistral and qwen2, and their PESC and Mixtral forms")]
-    Unsupported {
-        /// The config file.
-        path: PathBuf,
-        /// Its `model_type`.
-        model_type: String,
-        /// Its `architectures`.
-        architectures: String,
-    },
-    /// A tensor the config implies is absent.
-    #[error("`{path}`: tensor `{tensor}` {shape}, implied by config.json, is missing")]
-    MissingTensor {
-        /// The model folder.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// Its expected shape.
-        shape: String,
-    },
-    /// A tensor's shape contradicts the config.
-    #[error("`{path}`: tensor `{tensor}` has shape {actual} but config.json ({sizes}) implies {expected}")]
-    Shape {
-        /// The weights file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// Its shape.
-        actual: String,
-        /// The implied shape.
-        expected: String,
-        /// The config's sizes.
-        sizes: String,
-    },
-    /// A tensor that the config does not account for.
-    #[error("`{path}`: tensor `{tensor}` is not part of a {kind} model with this config.json")]
-    UnexpectedTensor {
-        /// The weights file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// The model kind.
-        kind: String,
-    },
-    /// A GGUF file could not be read.
-    #[error(transparent)]
-    GgufFile(Box<pesc_gguf::GgufError>),
-    /// A GGUF file's metadata or tensors do not describe a supported model.
-    #[error("`{path}`: {problem}")]
-    Gguf {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A weight is not stored as a float type.
-    #[error("`{path}`: tensor `{tensor}` has dtype {dtype}; weights must be F32, F16 or BF16")]
-    DType {
-        /// The weights file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// Its dtype.
-        dtype: pesc_tensor::DType,
-    },
-    /// An NF4 weight whose pieces are missing, malformed or inconsistent.
-    #[error("`{path}`: NF4 weight `{tensor}`, {field}: {problem}")]
-    Nf4 {
-        /// The file holding the piece (or the folder when it is missing).
-        path: PathBuf,
-        /// The weight.
-        tensor: String,
-        /// The piece or quant-state key.
-        field: String,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
-impl From<pesc_gguf::GgufError> for ArchError {
-    fn from(e: pesc_gguf::GgufError) -> Self {
-        ArchError::GgufFile(Box::new(e))
-    }
-}
 
 /// A model folder whose config and weights agree.
 #[derive(Debug)]
@@ -128,7 +27,7 @@ pub struct Model {
 
 impl Model {
     /// Opens `dir` and checks every tensor against `config.json`.
-    pub fn open(dir: &Path) -> Result<Self, ArchError> {
+    pub fn open(dir: &Path) -> Result<Self, HfError> {
         // Weights first: a folder of pickles gets the pickle explanation, not "no config.json".
         let weights = Checkpoint::open_dir(dir)?;
         let config = ModelConfig::load(dir)?;
@@ -155,7 +54,7 @@ impl Model {
         }
     }
 
-    fn check(&self) -> Result<BTreeMap<String, Nf4Info>, ArchError> {
+    fn check(&self) -> Result<BTreeMap<String, Nf4Info>, HfError> {
         let expected: BTreeMap<String, Vec<u64>> =
             self.config.expected_tensors()?.into_iter().map(|(n, s)| (self.stored_name(&n), s)).collect();
         let file = |name: &str| self.weights.file_of(name).map_or_else(|| self.dir.clone(), Path::to_path_buf);
@@ -164,7 +63,7 @@ impl Model {
             let state = format!("{name}.{QUANT_STATE}");
             if self.weights.get(&state).is_some() || self.weights.get(name).is_some_and(|t| t.dtype == pesc_tensor::DType::U8) {
                 let Some(cfg) = &self.quantization else {
-                    return Err(ArchError::Nf4 {
+                    return Err(HfError::Nf4 {
                         path: file(&state),
                         tensor: name.clone(),
                         field: "quant_state".into(),
@@ -172,7 +71,7 @@ impl Model {
                     });
                 };
                 if shape.len() != 2 || name == "model.embed_tokens.weight" {
-                    return Err(ArchError::Nf4 {
+                    return Err(HfError::Nf4 {
                         path: file(name),
                         tensor: name.clone(),
                         field: "weight".into(),
@@ -183,10 +82,10 @@ impl Model {
                 continue;
             }
             let Some(t) = self.weights.get(name) else {
-                return Err(ArchError::MissingTensor { path: self.dir.clone(), tensor: name.clone(), shape: shape_str(shape) });
+                return Err(HfError::MissingTensor { path: self.dir.clone(), tensor: name.clone(), shape: shape_str(shape) });
             };
             if &t.shape != shape {
-                return Err(ArchError::Shape {
+                return Err(HfError::Shape {
                     path: file(name),
                     tensor: name.clone(),
                     actual: shape_str(&t.shape),
@@ -212,10 +111,10 @@ impl Model {
                 || (t.name == "lm_head.weight" && self.config.tie_word_embeddings && t.shape == vocab_h)
                 || t.name.ends_with(".rotary_emb.inv_freq");
             if !known {
-                return Err(ArchError::UnexpectedTensor { path: file(&t.name), tensor: t.name.clone(), kind: self.kind() });
+                return Err(HfError::UnexpectedTensor { path: file(&t.name), tensor: t.name.clone(), kind: self.kind() });
             }
             if !t.dtype.is_compute_float() {
-                return Err(ArchError::DType { path: file(&t.name), tensor: t.name.clone(), dtype: t.dtype });
+                return Err(HfError::DType { path: file(&t.name), tensor: t.name.clone(), dtype: t.dtype });
             }
         }
         Ok(nf4)
@@ -243,8 +142,8 @@ impl Model {
     }
 
     /// The stored NF4 weight `name`, checked (its absmax and maps finite).
-    pub fn read_nf4(&self, name: &str) -> Result<pesc_quant::nf4::Nf4Tensor, ArchError> {
-        let info = self.nf4.get(name).ok_or_else(|| ArchError::Nf4 {
+    pub fn read_nf4(&self, name: &str) -> Result<pesc_quant::nf4::Nf4Tensor, HfError> {
+        let info = self.nf4.get(name).ok_or_else(|| HfError::Nf4 {
             path: self.dir.clone(),
             tensor: name.to_owned(),
             field: "weight".into(),
@@ -257,21 +156,49 @@ impl Model {
     /// converted, NF4 weights dequantized exactly as bitsandbytes'
     /// `dequantize_4bit` does (`code * absmax` in f32, then rounded to the
     /// weight's original dtype, which the quant state records).
-    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, ArchError> {
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, HfError> {
         if let Some(info) = self.nf4.get(name) {
             return Ok(crate::nf4::dequantize_as(&self.read_nf4(name)?, info.dtype));
         }
-        let t = self.weights.get(name).ok_or_else(|| ArchError::MissingTensor {
+        let t = self.weights.get(name).ok_or_else(|| HfError::MissingTensor {
             path: self.dir.clone(),
             tensor: name.to_owned(),
             shape: "(any)".into(),
         })?;
         let bytes = self.weights.read(name)?;
-        pesc_tensor::to_f32(t.dtype, &bytes).ok_or_else(|| ArchError::DType {
+        pesc_tensor::to_f32(t.dtype, &bytes).ok_or_else(|| HfError::DType {
             path: self.weights.file_of(name).map_or_else(|| self.dir.clone(), Path::to_path_buf),
             tensor: name.to_owned(),
             dtype: t.dtype,
         })
+    }
+
+    /// Writes the stored tensor `name` into `out` as `to`: its bytes verbatim
+    /// when it is stored as `to`, else converted (rounded to nearest) piece by
+    /// piece, so memory stays bounded by the piece, not the tensor.
+    pub fn write_tensor(&self, name: &str, to: pesc_tensor::DType, out: &mut dyn pesc_io::Sink) -> Result<(), HfError> {
+        let info = self.weights.get(name).ok_or_else(|| HfError::MissingTensor {
+            path: self.dir.clone(),
+            tensor: name.to_owned(),
+            shape: "(any)".into(),
+        })?;
+        if info.dtype == to {
+            return Ok(self.weights.copy_to(name, out)?);
+        }
+        let from = info.dtype;
+        if !from.is_compute_float() {
+            return Err(HfError::DType {
+                path: self.weights.file_of(name).map_or_else(|| self.dir.clone(), Path::to_path_buf),
+                tensor: name.to_owned(),
+                dtype: from,
+            });
+        }
+        if !to.is_compute_float() {
+            return Err(pesc_io::Error::NotAFloatType { dtype: to }.into());
+        }
+        self.weights
+            .for_each_chunk(name, 4 << 20, &mut |piece| out.write_bytes(&pesc_tensor::convert(from, to, piece).unwrap_or_default()))?;
+        Ok(())
     }
 
     /// `llama`, `PESC qwen2`, `Mixtral` ...: for messages.

@@ -1,8 +1,17 @@
-//! Inference on the shared [`Transformer`]: one sequence at a time, with a KV cache.
+//! The runner: inference on `pesc-model`'s [`Transformer`] (CPU, or CUDA
+//! with the `cuda` feature) in f32 or bf16, one sequence at a time with a KV
+//! [`Cache`]. [`Runner::forward`] returns f32 logits and, for MoE models, the
+//! experts each token was routed to; [`Sampler`] and [`generate`] make text.
+//! Block-quantized GGUF matrices are multiplied as stored, with ggml's
+//! kernels as candle implements them; NF4 weights are dequantized once.
 
-use crate::transformer::{LayerCache, LoadOptions, Nf4Policy, Transformer};
-use crate::{Result, Weights};
+mod sample;
+
+pub use pesc_model::{ModelError, Result, Weights};
+pub use sample::{generate, Sampler};
+
 use candle_core::{DType, Device, Tensor};
+use pesc_model::{LayerCache, LoadOptions, Nf4Policy, Transformer};
 
 /// The dtype the runner computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +83,7 @@ impl Runner {
     /// Runs `tokens` at the positions after those in `cache`, extending it.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Forward> {
         if tokens.is_empty() {
-            return Err(crate::ModelError::NoTokens);
+            return Err(ModelError::NoTokens);
         }
         self.model.check_tokens(tokens)?;
         let t = tokens.len();

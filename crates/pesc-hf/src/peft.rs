@@ -3,7 +3,7 @@
 //! and `alpha_pattern`) and the tensors of `adapter_model.safetensors`,
 //! grouped by the module they belong to.
 
-use crate::CraftError;
+use crate::HfError;
 use fancy_regex::Regex;
 use pesc_io::{SafetensorsFile, TensorInfo};
 use serde_json::{Map, Value};
@@ -47,7 +47,7 @@ pub enum ModuleSelector {
 }
 
 impl ModuleSelector {
-    fn parse(file: &Path, field: &str, v: &Value) -> Result<Self, CraftError> {
+    fn parse(file: &Path, field: &str, v: &Value) -> Result<Self, HfError> {
         match v {
             Value::String(s) if s == "all-linear" => Ok(ModuleSelector::AllLinear),
             Value::String(s) => Ok(ModuleSelector::Regex(s.clone(), regex(file, field, &format!(r"\A(?:{s})\z"))?)),
@@ -129,11 +129,11 @@ pub struct LoraConfig {
     pub quantization: Option<Map<String, Value>>,
 }
 
-fn field_error(file: &Path, field: &str, problem: &str) -> CraftError {
-    CraftError::Invalid(format!("`{}`: field `{field}` {problem}", file.display()))
+fn field_error(file: &Path, field: &str, problem: &str) -> HfError {
+    HfError::AdapterField { path: file.into(), field: field.into(), problem: problem.into() }
 }
 
-fn regex(file: &Path, field: &str, pattern: &str) -> Result<Regex, CraftError> {
+fn regex(file: &Path, field: &str, pattern: &str) -> Result<Regex, HfError> {
     Regex::new(pattern).map_err(|e| field_error(file, field, &format!("is not a regular expression this tool can compile: {e}")))
 }
 
@@ -172,7 +172,7 @@ fn quote_python_floats(text: &str) -> String {
 }
 
 /// A number field that must be finite and non-zero.
-fn alpha_value(file: &Path, field: &str, v: &Value) -> Result<f64, CraftError> {
+fn alpha_value(file: &Path, field: &str, v: &Value) -> Result<f64, HfError> {
     let a = match v {
         Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
         Value::String(s) if ["NaN", "Infinity", "-Infinity"].contains(&s.as_str()) => f64::NAN,
@@ -185,7 +185,7 @@ fn alpha_value(file: &Path, field: &str, v: &Value) -> Result<f64, CraftError> {
 }
 
 /// A rank field: a positive integer.
-fn rank_value(file: &Path, field: &str, v: &Value) -> Result<u64, CraftError> {
+fn rank_value(file: &Path, field: &str, v: &Value) -> Result<u64, HfError> {
     match v.as_u64() {
         Some(0) => Err(field_error(file, field, "is 0; a LoRA rank must be at least 1")),
         Some(r) => Ok(r),
@@ -193,7 +193,7 @@ fn rank_value(file: &Path, field: &str, v: &Value) -> Result<u64, CraftError> {
     }
 }
 
-fn bool_field(file: &Path, cfg: &Map<String, Value>, field: &str) -> Result<bool, CraftError> {
+fn bool_field(file: &Path, cfg: &Map<String, Value>, field: &str) -> Result<bool, HfError> {
     match cfg.get(field) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
@@ -202,7 +202,7 @@ fn bool_field(file: &Path, cfg: &Map<String, Value>, field: &str) -> Result<bool
 }
 
 /// A field that is a string or a list of strings (null: empty).
-fn strings_field(file: &Path, cfg: &Map<String, Value>, field: &str) -> Result<Vec<String>, CraftError> {
+fn strings_field(file: &Path, cfg: &Map<String, Value>, field: &str) -> Result<Vec<String>, HfError> {
     match cfg.get(field) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
@@ -219,8 +219,8 @@ fn pattern<T>(
     file: &Path,
     cfg: &Map<String, Value>,
     field: &str,
-    value: impl Fn(&Path, &str, &Value) -> Result<T, CraftError>,
-) -> Result<Pattern<T>, CraftError> {
+    value: impl Fn(&Path, &str, &Value) -> Result<T, HfError>,
+) -> Result<Pattern<T>, HfError> {
     let mut entries = Vec::new();
     match cfg.get(field) {
         None | Some(Value::Null) => {}
@@ -247,18 +247,18 @@ fn is_set(v: &Value) -> bool {
 
 impl LoraConfig {
     /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<Self, CraftError> {
+    pub fn load(path: &Path) -> Result<Self, HfError> {
         let bytes = pesc_io::read_capped(path, MAX_CONFIG_BYTES)?;
-        let text = String::from_utf8(bytes).map_err(|_| CraftError::Invalid(format!("`{}` is not UTF-8", path.display())))?;
+        let text = String::from_utf8(bytes).map_err(|_| HfError::NotUtf8 { path: path.into() })?;
         let value = pesc_io::parse_strict(quote_python_floats(&text).as_bytes())
-            .map_err(|e| CraftError::Invalid(format!("`{}` is not valid JSON: {e}", path.display())))?;
+            .map_err(|e| HfError::NotJson { path: path.into(), message: e.to_string() })?;
         let Value::Object(cfg) = value else {
-            return Err(CraftError::Invalid(format!("`{}` is not a JSON object", path.display())));
+            return Err(HfError::NotJsonObject { path: path.into() });
         };
         Self::parse(path, &cfg)
     }
 
-    fn parse(path: &Path, cfg: &Map<String, Value>) -> Result<Self, CraftError> {
+    fn parse(path: &Path, cfg: &Map<String, Value>) -> Result<Self, HfError> {
         let peft_type = cfg.get("peft_type").and_then(Value::as_str);
         if peft_type != Some("LORA") {
             return Err(field_error(
@@ -430,10 +430,10 @@ pub struct PeftAdapter {
 impl PeftAdapter {
     /// Opens the adapter in `dir`: its config and `adapter_model.safetensors`
     /// (a pickled `adapter_model.bin` is refused unopened).
-    pub fn open(dir: &Path) -> Result<Self, CraftError> {
+    pub fn open(dir: &Path) -> Result<Self, HfError> {
         let config_path = dir.join(ADAPTER_CONFIG);
         if !config_path.is_file() {
-            return Err(CraftError::Invalid(format!("`{}` has no `{ADAPTER_CONFIG}`: not a PEFT adapter folder", dir.display())));
+            return Err(HfError::NotAdapterFolder { path: dir.into() });
         }
         pesc_io::confined(dir, &config_path)?;
         let config = LoraConfig::load(&config_path)?;
@@ -441,19 +441,21 @@ impl PeftAdapter {
         if !weights_path.is_file() {
             let pickled = dir.join("adapter_model.bin");
             if pickled.is_file() {
-                return Err(CraftError::Invalid(format!(
-                    "`{}` is a pickled PyTorch file, which can run arbitrary code when loaded; this tool never unpickles\n\nhint: in an isolated sandbox, load the adapter with PEFT and save it again with `save_pretrained(dir, safe_serialization=True)`, which writes `{ADAPTER_WEIGHTS}`",
-                    pickled.display()
-                )));
+                return Err(HfError::PickledFile {
+                    path: pickled,
+                    what: "",
+                    hint: format!("in an isolated sandbox, load the adapter with PEFT and save it again with `save_pretrained(dir, safe_serialization=True)`, which writes `{ADAPTER_WEIGHTS}`"),
+                });
             }
-            return Err(CraftError::Invalid(format!("`{}` has no `{ADAPTER_WEIGHTS}`", dir.display())));
+            return Err(HfError::MissingAdapterWeights { path: dir.into() });
         }
         pesc_io::confined(dir, &weights_path)?;
         let weights = SafetensorsFile::open(&weights_path)?;
         let mut modules: BTreeMap<String, LoraModule> = BTreeMap::new();
         let mut whole = BTreeMap::new();
         for t in weights.tensors() {
-            let bad = |problem: &str| CraftError::Invalid(format!("`{}`: tensor `{}` {problem}", weights_path.display(), t.name));
+            let bad =
+                |problem: &str| HfError::AdapterTensor { path: weights_path.clone(), tensor: t.name.clone(), problem: problem.into() };
             let name = t
                 .name
                 .strip_prefix(PEFT_PREFIX)
@@ -483,7 +485,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn config(v: Value) -> Result<LoraConfig, CraftError> {
+    fn config(v: Value) -> Result<LoraConfig, HfError> {
         let Value::Object(m) = v else { unreachable!() };
         LoraConfig::parse(Path::new("adapter_config.json"), &m)
     }

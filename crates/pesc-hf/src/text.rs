@@ -1,7 +1,7 @@
 //! Text in and out: `tokenizer.json` through the `tokenizers` crate, and the
 //! model's chat template (Jinja, as transformers' `apply_chat_template`).
 
-use crate::{ModelError, Result};
+use crate::HfError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
@@ -35,14 +35,14 @@ fn token_string(v: Option<&Value>) -> Option<String> {
     }
 }
 
-fn read_json(dir: &Path, name: &str) -> Result<Option<Value>> {
+fn read_json(dir: &Path, name: &str) -> Result<Option<Value>, HfError> {
     let path = dir.join(name);
     if !path.is_file() {
         return Ok(None);
     }
     pesc_io::confined(dir, &path)?;
     let bytes = pesc_io::read_capped(&path, 64 << 20)?;
-    let v = pesc_io::parse_strict(&bytes).map_err(|e| ModelError::Text { path, message: format!("invalid JSON: {e}") })?;
+    let v = pesc_io::parse_strict(&bytes).map_err(|e| pesc_io::Error::Json { path, message: e.to_string() })?;
     Ok(Some(v))
 }
 
@@ -50,20 +50,20 @@ impl TextModel {
     /// Loads `dir/tokenizer.json`, the chat template (`chat_template.jinja`,
     /// else `tokenizer_config.json`'s `chat_template`), the special tokens and
     /// the end-of-sequence ids (`generation_config.json`, else the tokenizer's).
-    pub fn load(dir: &Path) -> Result<Self> {
+    pub fn load(dir: &Path) -> Result<Self, HfError> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(ModelError::Text { path, message: "not found; this model has no tokenizer (pass token ids instead)".into() });
+            return Err(HfError::NoTokenizer { path });
         }
         pesc_io::confined(dir, &path)?;
         let bytes = pesc_io::read_capped(&path, 256 << 20)?;
-        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Text { path: path.clone(), message: e.to_string() })?;
+        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| HfError::Tokenizer { path: path.clone(), message: e.to_string() })?;
         let config = read_json(dir, "tokenizer_config.json")?.unwrap_or(Value::Null);
         let jinja = dir.join("chat_template.jinja");
         let template = if jinja.is_file() {
             pesc_io::confined(dir, &jinja)?;
             let bytes = pesc_io::read_capped(&jinja, 4 << 20)?;
-            Some(String::from_utf8(bytes).map_err(|_| ModelError::Text { path: jinja, message: "not UTF-8".into() })?)
+            Some(String::from_utf8(bytes).map_err(|_| HfError::NotUtf8 { path: jinja })?)
         } else {
             config.get("chat_template").and_then(Value::as_str).map(str::to_owned)
         };
@@ -73,9 +73,9 @@ impl TextModel {
 
     /// The tokenizer of `tokenizer.json`'s content, with `tokenizer_config.json`'s
     /// and `generation_config.json`'s; `source` names them in errors.
-    pub fn from_json(source: &Path, tokenizer: &Value, config: &Value, generation: Option<&Value>) -> Result<Self> {
+    pub fn from_json(source: &Path, tokenizer: &Value, config: &Value, generation: Option<&Value>) -> Result<Self, HfError> {
         let bytes = serde_json::to_vec(tokenizer).unwrap_or_default();
-        let tok = Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Text { path: source.into(), message: e.to_string() })?;
+        let tok = Tokenizer::from_bytes(&bytes).map_err(|e| HfError::Tokenizer { path: source.into(), message: e.to_string() })?;
         let template = config.get("chat_template").and_then(Value::as_str).map(str::to_owned);
         Ok(Self::build(tok, template, config, generation, source.into()))
     }
@@ -104,14 +104,14 @@ impl TextModel {
 
     /// Token ids of `text`, without added special tokens (as transformers
     /// tokenizes a rendered chat template).
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| self.err(e.to_string()))?;
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, HfError> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| self.tokenizer_error(&e))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| self.err(e.to_string()))
+    pub fn decode(&self, ids: &[u32]) -> Result<String, HfError> {
+        self.tokenizer.decode(ids, true).map_err(|e| self.tokenizer_error(&e))
     }
 
     /// Vocabulary size including added tokens.
@@ -134,15 +134,15 @@ impl TextModel {
 
     /// Renders the chat template for `messages`, ending with the assistant's
     /// turn when `add_generation_prompt`.
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let template = self.template.as_deref().ok_or_else(|| self.err("the model has no chat template".into()))?;
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, HfError> {
+        let template = self.template.as_deref().ok_or_else(|| HfError::NoChatTemplate { path: self.source.clone() })?;
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
-        env.add_template("chat", template).map_err(|e| self.err(format!("chat template: {e}")))?;
+        env.add_template("chat", template).map_err(|e| self.template_error(&e))?;
         let msgs: Vec<minijinja::Value> =
             messages.iter().map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() }).collect();
         let ctx = minijinja::context! {
@@ -151,10 +151,14 @@ impl TextModel {
             bos_token => self.bos.clone().unwrap_or_default(),
             eos_token => self.eos.clone().unwrap_or_default(),
         };
-        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| self.err(format!("chat template: {e}")))
+        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| self.template_error(&e))
     }
 
-    fn err(&self, message: String) -> ModelError {
-        ModelError::Text { path: self.source.clone(), message }
+    fn tokenizer_error(&self, e: &dyn std::fmt::Display) -> HfError {
+        HfError::Tokenizer { path: self.source.clone(), message: e.to_string() }
+    }
+
+    fn template_error(&self, e: &minijinja::Error) -> HfError {
+        HfError::ChatTemplate { path: self.source.clone(), message: e.to_string() }
     }
 }
