@@ -348,6 +348,15 @@ fn import_rejects_an_unknown_tensor() {
 }
 
 #[test]
+fn import_rejects_an_odd_head_size() {
+    import_rejects(
+        "odd-head.gguf",
+        &Parts::of_fixture().set("llama.attention.key_length", 7u32).bytes(),
+        &["llama.attention.key_length", "is odd"],
+    );
+}
+
+#[test]
 fn import_rejects_a_missing_hyperparameter() {
     import_rejects(
         "no-embedding-length.gguf",

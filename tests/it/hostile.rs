@@ -556,6 +556,21 @@ fn config_kv_heads_do_not_divide_heads() {
 }
 
 #[test]
+fn config_odd_head_dim() {
+    // Rotary embeddings rotate pairs: an odd head size would leave a row of q and k unpaired.
+    let m = Model::copy_of("llama-gqa");
+    m.edit_json("config.json", |c| c["head_dim"] = json!(7));
+    m.rejects(&["config.json", "`head_dim` 7 is odd"]);
+    let m = Model::copy_of("llama-gqa");
+    m.edit_json("config.json", |c| {
+        c.remove("head_dim");
+        c["num_attention_heads"] = json!(64);
+        c["num_key_value_heads"] = json!(64);
+    });
+    m.rejects(&["config.json", "`num_attention_heads`", "head size of 1, which is odd"]);
+}
+
+#[test]
 fn tensor_shape_contradicts_config() {
     let m = Model::copy_of("llama-gqa");
     m.edit_weights("model.safetensors", |ts| {

@@ -310,3 +310,33 @@ fn killed_or_interrupted_runs_leave_nothing_at_the_target() {
     assert_eq!(entries(&work), ["out"]);
     assert_code(&run([Path::new("verify-manifest"), &out]), 0);
 }
+
+/// Runs `pesc-convert ARGS` with writes limited to `kib` KiB per file (`ulimit -f`), so that a
+/// write fails mid-stream as on a full disk (EFBIG, with SIGXFSZ ignored).
+fn run_with_file_limit(kib: u64, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
+        .arg(crate::common::bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_write_that_fails_mid_stream_names_the_file_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    // A folder: the shard being written is named, not `<output>`.
+    let out = tmp.path().join("out");
+    let o = run_with_file_limit(64, &["reshard".as_ref(), model.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    assert_rejects(&o, &["out/model.safetensors", "File too large"]);
+    // A GGUF file: the file is named.
+    let gguf = tmp.path().join("model.gguf");
+    let o = run_with_file_limit(
+        64,
+        &["quantize".as_ref(), model.as_os_str(), "--to".as_ref(), "f32".as_ref(), "-o".as_ref(), gguf.as_os_str()],
+    );
+    assert_rejects(&o, &["model.gguf", "File too large"]);
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "nothing left: no output, no staging");
+}

@@ -285,6 +285,43 @@ fn a_resumed_run_equals_the_uninterrupted_one() {
 }
 
 #[test]
+fn a_damaged_checkpoint_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pesc = crafted(dir.path());
+    let data = dir.path().join("data.jsonl");
+    pattern_data(&data, 8);
+    let out = dir.path().join("run");
+    let mut args = train_args(&pesc, &data, &out, "4", &[]);
+    args.extend(["--stop-after".into(), "2".into()]);
+    assert_code(&run(&args), 0);
+    let ckpt = out.join("checkpoint");
+    assert_code(&run(["verify-manifest".as_ref(), ckpt.as_os_str()]), 0);
+    let resume = || {
+        let mut a = train_args(&pesc, &data, &out, "4", &[]);
+        a.extend(["--resume".into(), out.as_os_str().into()]);
+        run(&a)
+    };
+    // A changed byte: the manifest's hash catches it.
+    let params = ckpt.join("params.safetensors");
+    let good = std::fs::read(&params).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(&params, &bad).unwrap();
+    let refused = |o: std::process::Output, needles: &[&str]| {
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(needles.iter().all(|n| err.contains(n)) && !err.contains("panicked"), "{err}");
+    };
+    refused(resume(), &["params.safetensors", "SHA-256"]);
+    // Without the manifest, the validating reader refuses a malformed file.
+    std::fs::remove_file(ckpt.join("pesc-manifest.json")).unwrap();
+    bad.extend_from_slice(b"trailing");
+    std::fs::write(&params, &bad).unwrap();
+    refused(resume(), &["params.safetensors", "trailing bytes"]);
+}
+
+#[test]
 fn text_records_use_the_chat_template_and_truncation_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let pesc = dir.path().join("pesc");

@@ -202,8 +202,20 @@ impl ModelConfig {
             return Err(r.err("num_key_value_heads", format!("{num_kv_heads} does not divide num_attention_heads {num_heads}")));
         }
         let head_dim = match r.opt_positive("head_dim")? {
+            Some(d) if d % 2 != 0 => {
+                return Err(r.err("head_dim", format!("{d} is odd; rotary embeddings rotate pairs of dimensions, so the head size must be even")))
+            }
             Some(d) => d,
-            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None if hidden_size % num_heads == 0 && (hidden_size / num_heads) % 2 == 0 => hidden_size / num_heads,
+            None if hidden_size % num_heads == 0 => {
+                return Err(r.err(
+                    "num_attention_heads",
+                    format!(
+                        "{num_heads} heads of hidden_size {hidden_size} make a head size of {}, which is odd; rotary embeddings rotate pairs of dimensions",
+                        hidden_size / num_heads
+                    ),
+                ))
+            }
             None => return Err(r.err("num_attention_heads", format!("{num_heads} does not divide hidden_size {hidden_size}"))),
         };
         let num_layers = r.positive("num_hidden_layers")?;

@@ -98,20 +98,27 @@ impl HashPipe {
     const DEPTH: usize = 8;
 
     fn new() -> Self {
+        Self::spawn(|pieces, free| {
+            let mut h = Sha256::new();
+            for piece in pieces {
+                h.update(&piece);
+                // Hand the buffer back; the writer may be gone already.
+                let _ = free.send(piece);
+            }
+            hex(&h.finalize())
+        })
+    }
+
+    /// A pipe whose thread runs `worker` on the pieces, handing each buffer back.
+    fn spawn(
+        worker: impl FnOnce(std::sync::mpsc::Receiver<Vec<u8>>, std::sync::mpsc::SyncSender<Vec<u8>>) -> String + Send + 'static,
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::DEPTH);
         let (free_tx, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::DEPTH);
         for _ in 0..Self::DEPTH {
             let _ = free_tx.send(Vec::with_capacity(Self::PIECE));
         }
-        let worker = std::thread::spawn(move || {
-            let mut h = Sha256::new();
-            for piece in rx {
-                h.update(&piece);
-                // Hand the buffer back; the writer may be gone already.
-                let _ = free_tx.send(piece);
-            }
-            hex(&h.finalize())
-        });
+        let worker = std::thread::spawn(move || worker(rx, free_tx));
         HashPipe { tx: Some(tx), free, worker: Some(worker) }
     }
 
@@ -577,4 +584,49 @@ pub fn publish<T, E: From<Error>>(p: Publication<'_>, write: impl FnOnce(&mut Ou
     let value = value?;
     let run = RunRecord { command: p.command.into(), parameters: p.parameters, inputs: digests? };
     Ok((dir.commit(&run)?, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `dir` hashed by a thread that dies after the first piece.
+    fn file_with_dying_hasher(dir: &mut OutputDir) -> OutputFile<'_> {
+        let path = dir.staging.join("model.safetensors");
+        let file = OpenOptions::new().write(true).create_new(true).open(&path).unwrap();
+        let hasher = HashPipe::spawn(|pieces, _| {
+            let _ = pieces.recv();
+            panic!("the hashing thread dies");
+        });
+        OutputFile { dir, name: "model.safetensors".into(), writer: BufWriter::new(file), hasher, bytes: 0 }
+    }
+
+    #[test]
+    fn a_dead_hashing_thread_fails_the_file_instead_of_an_empty_digest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = OutputDir::create(&tmp.path().join("out"), false, &[]).unwrap();
+        let mut f = file_with_dying_hasher(&mut dir);
+        // Writing eventually fails (the pipe has no reader), or finishing does: never a digest.
+        let written = (0..64).try_for_each(|_| f.write_bytes(&[7u8; HashPipe::PIECE]));
+        let result = written.and_then(|()| f.finish());
+        match result {
+            Err(Error::HashingStopped { path }) => assert!(path.ends_with("out/model.safetensors"), "{path:?}"),
+            Err(Error::Io { path, source }) => {
+                assert!(path.ends_with("out/model.safetensors"), "{path:?}");
+                assert!(source.to_string().contains("hashing thread stopped"), "{source}");
+            }
+            other => panic!("expected a hashing failure, got {other:?}"),
+        }
+        assert!(dir.files().is_empty(), "no digest recorded");
+        drop(dir);
+        assert!(!tmp.path().join("out").exists());
+    }
+
+    #[test]
+    fn a_live_hashing_thread_gives_the_files_sha256() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = OutputDir::create(&tmp.path().join("out"), false, &[]).unwrap();
+        let d = dir.write_file("a.txt", b"abc").unwrap();
+        assert_eq!(d.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 }
