@@ -7,7 +7,7 @@ use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use pesc_hf::TextModel;
 use pesc_model::Weights;
-use pesc_train::{Dataset, Projection, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer};
+use pesc_train::{Dataset, Projection, RunDir, RunOptions, Template, Tokenizing, TrainModel, TrainOptions, Trainer};
 
 /// The tokenizer and prompt template a model's data files are read with.
 pub(crate) struct DataSetup {
@@ -99,25 +99,22 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         moe_dtype,
         base_model: a.model.display().to_string(),
     };
-    let same_run = a.resume.as_ref().is_some_and(|r| std::fs::canonicalize(r).ok() == std::fs::canonicalize(&a.output).ok());
-    if !same_run && a.output.exists() {
-        bail!("`{}` exists; choose a new run folder (or pass it to --resume to continue it)", a.output.display());
-    }
-    let train = TrainModel::load(&model, opts, &device)?;
-    let before = match &eval {
-        Some(set) if a.resume.is_none() => Some(pesc_train::evaluate(&train, &set.examples, a.batch_size)?),
-        _ => None,
-    };
-    let mut trainer = Trainer::new(train, data.examples, run_opts, &a.output)?;
-    if !same_run {
-        std::fs::create_dir_all(&a.output).with_context(|| format!("creating `{}`", a.output.display()))?;
-    }
-    let result = train_loop(a, &mut trainer).and_then(|()| match &eval {
-        Some(set) => write_eval(a, &trainer, &set.examples, before),
-        None => Ok(()),
-    });
-    if result.is_err() && !same_run && !a.output.join(pesc_train::CHECKPOINT_DIR).exists() {
-        let _ = std::fs::remove_dir_all(&a.output);
+    let run_dir = RunDir::open(&a.output, a.resume.as_deref())?;
+    let result = (|| -> Result<()> {
+        let train = TrainModel::load(&model, opts, &device)?;
+        let before = match &eval {
+            Some(set) if a.resume.is_none() => Some(pesc_train::evaluate(&train, &set.examples, a.batch_size)?),
+            _ => None,
+        };
+        let mut trainer = Trainer::new(train, data.examples, run_opts, run_dir.path())?;
+        train_loop(a, &mut trainer)?;
+        match &eval {
+            Some(set) => write_eval(a, &trainer, &set.examples, before),
+            None => Ok(()),
+        }
+    })();
+    if result.is_err() {
+        run_dir.discard_if_empty();
     }
     result
 }

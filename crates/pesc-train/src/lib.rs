@@ -23,7 +23,7 @@ pub use model::{lora_name, trainable, Output, Step, TrainModel, TrainOptions};
 pub use optim::{clip_grad_norm, lr_at, AdamW};
 pub use pesc_model::Projection;
 pub use routes::RouteStats;
-pub use run::{evaluate, Metrics, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFIG, LORA_WEIGHTS, METRICS, MOE_WEIGHTS};
+pub use run::{evaluate, Metrics, RunDir, RunOptions, Trainer, CHECKPOINT_DIR, LORA_CONFIG, LORA_WEIGHTS, METRICS, MOE_WEIGHTS};
 
 /// Errors of the trainer.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,12 @@ pub enum TrainError {
     /// No training examples.
     #[error("no training examples")]
     NoExamples,
+    /// A new run's folder exists already.
+    #[error("`{path}` exists; choose a new run folder (or pass it to --resume to continue it)")]
+    RunExists {
+        /// The folder.
+        path: std::path::PathBuf,
+    },
     /// A checkpoint that cannot be resumed.
     #[error("`{path}`: {problem}")]
     Checkpoint {

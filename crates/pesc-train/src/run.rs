@@ -28,6 +28,43 @@ pub const MOE_WEIGHTS: &str = "moe_model.safetensors";
 /// The checkpoint folder inside a run.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 
+/// A run folder: new, or the one a resumed run continues.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    created: bool,
+}
+
+impl RunDir {
+    /// Creates the run folder `path`, or opens it when `resume` names the same
+    /// folder (the run continues in place). A new run refuses an existing path.
+    pub fn open(path: &Path, resume: Option<&Path>) -> Result<Self> {
+        let same = resume.is_some_and(|r| std::fs::canonicalize(r).ok() == std::fs::canonicalize(path).ok());
+        if same {
+            return Ok(RunDir { path: path.into(), created: false });
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(TrainError::RunExists { path: path.into() });
+        }
+        std::fs::create_dir_all(path).map_err(io(path))?;
+        Ok(RunDir { path: path.into(), created: true })
+    }
+
+    /// The folder.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// After a failed run: removes the folder if this run created it and it
+    /// holds no checkpoint (nothing worth resuming).
+    pub fn discard_if_empty(&self) {
+        if self.created && !self.path.join(CHECKPOINT_DIR).exists() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 /// How the loop runs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
