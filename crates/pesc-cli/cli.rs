@@ -75,6 +75,10 @@ pub struct OutputArgs {
     pub shard_size: u64,
 }
 
+fn parse_memory(s: &str) -> Result<u64, String> {
+    pesc_io::parse_size(s).ok_or_else(|| format!("`{s}` is not a size such as 2GB, 500MB or 8GiB"))
+}
+
 fn parse_shard_size(s: &str) -> Result<u64, String> {
     pesc_io::parse_size(s).ok_or_else(|| format!("`{s}` is not a size such as 5GB, 500MB or 2GiB"))
 }
@@ -240,6 +244,9 @@ pub struct LogitsArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// Memory the runner may use, e.g. 2GB (default: what is available); a layer that needs more is refused before any compute.
+    #[arg(long, value_parser = parse_memory)]
+    pub max_memory: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -271,6 +278,9 @@ pub struct VerifyArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// Memory the runner may use, e.g. 2GB (default: what is available); a layer that needs more is refused before any compute.
+    #[arg(long, value_parser = parse_memory)]
+    pub max_memory: Option<u64>,
 }
 
 #[cfg(test)]
@@ -312,6 +322,9 @@ pub struct RunArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// Memory the runner may use, e.g. 2GB (default: what is available); a layer that needs more is refused before any compute.
+    #[arg(long, value_parser = parse_memory)]
+    pub max_memory: Option<u64>,
 }
 
 /// Stored dtype of imported tensors.

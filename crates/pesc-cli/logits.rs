@@ -3,13 +3,13 @@
 use crate::cli::LogitsArgs;
 use crate::output;
 use anyhow::Result;
-use pesc_runner::{Cache, Runner, Weights};
+use pesc_runner::{Runner, Weights};
 use pesc_tensor::DType;
 
 pub fn run(a: &LogitsArgs) -> Result<()> {
     let model = Weights::open(&a.model)?;
-    let runner = Runner::load(&model, a.dtype.dtype(), &a.device.device()?)?;
-    let out = runner.forward(&a.token_ids.0, &mut Cache::default())?;
+    let runner = Runner::stream(&model, a.dtype.dtype(), &a.device.device()?, a.max_memory)?;
+    let out = runner.forward_batch(std::slice::from_ref(&a.token_ids.0))?.remove(0);
     let (t, v) = out.logits.dims2()?;
     let values: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
     let bytes = pesc_tensor::from_f32(DType::F32, &values).unwrap_or_default();

@@ -30,7 +30,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
         text.apply_chat_template(&messages, true)?
     };
     let ids = text.encode(&prompt)?;
-    let runner = Runner::load(&model, a.dtype.dtype(), &a.device.device()?)?;
+    let runner = Runner::fit(&model, a.dtype.dtype(), &a.device.device()?, a.max_memory)?;
+    if !runner.is_resident() {
+        output::note(&format!(
+            "the model ({} in memory) does not fit: its layers are read for every token, which is slow",
+            output::human_bytes(runner.resident_bytes())
+        ));
+    }
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
     let mut generated = Vec::new();
     let mut shown = 0usize;

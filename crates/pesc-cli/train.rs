@@ -81,7 +81,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         aux_loss_coef: a.aux_loss_coef,
         seed: a.seed,
         dtype: DType::F32,
-        nf4_base: a.base == BaseArg::Nf4 || matches!(&model, Weights::Folder(m) if m.quantization.is_some()),
+        nf4_base: a.base == BaseArg::Nf4 || matches!(model.source(), pesc_model::Source::Folder(m) if m.quantization.is_some()),
         gradient_checkpointing: a.gradient_checkpointing,
     };
     if !(a.aux_loss_coef.is_finite() && a.aux_loss_coef >= 0.0) {

@@ -13,7 +13,13 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
         (Some(p), true) => Inputs::Prompts(p.clone()),
         (None, true) => Inputs::Builtin,
     };
-    let gate = Gate { max_abs_diff: a.max_abs_diff, max_kl: a.max_kl, dtype: a.dtype.dtype(), device: a.device.device()? };
+    let gate = Gate {
+        max_abs_diff: a.max_abs_diff,
+        max_kl: a.max_kl,
+        dtype: a.dtype.dtype(),
+        device: a.device.device()?,
+        max_memory: a.max_memory,
+    };
     let v = match pesc_verify::gate(&a.candidate, &a.against, &inputs, &gate) {
         Ok(v) => v,
         // A checksum mismatch is a failed check (exit 1), not bad input.
@@ -36,6 +42,13 @@ pub fn run(a: &VerifyArgs) -> Result<()> {
             if c.max_abs_diff == 0.0 { " (exact)" } else { "" },
             c.mean_kl,
             c.top1_agreement
+        );
+        let _ = writeln!(
+            t,
+            "speed            {:.1} tokens/s (both models, {:.2} s){}",
+            v.tokens_per_second(),
+            v.seconds,
+            v.peak_rss.map_or_else(String::new, |b| format!(", peak memory {}", crate::output::human_bytes(b)))
         );
         for (l, load) in c.expert_load.iter().enumerate() {
             let total: u64 = load.iter().sum::<u64>().max(1);

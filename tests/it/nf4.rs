@@ -384,3 +384,16 @@ fn hostile_nan_in_nested_absmax_is_refused_when_read() {
     assert_rejects(&o, &[Q, "nested_absmax"]);
     assert!(!out.exists());
 }
+
+#[test]
+fn a_corrupt_weight_of_the_last_layer_fails_verify_without_a_report() {
+    // The damage is found only when the streamed runner reaches layer 1: exit 2 naming the
+    // tensor, no report on stdout (never a partial result presented as a pass).
+    let f = Nf4Folder::new(&[]);
+    let last = "model.layers.1.mlp.down_proj.weight";
+    f.edit(|t| Nf4Folder::tensor(t, &format!("{last}.nested_absmax")).data.copy_from_slice(&f32::NAN.to_le_bytes()));
+    std::fs::remove_file(f.dir.join("SHA256SUMS")).unwrap();
+    let o = run([OsStr::new("verify"), f.dir.as_os_str(), OsStr::new("--against"), f.dir.as_os_str(), OsStr::new("--json")]);
+    assert_rejects(&o, &[last, "nested_absmax"]);
+    assert_eq!(stdout(&o), "");
+}

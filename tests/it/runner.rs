@@ -313,3 +313,72 @@ fn run_chats_with_a_gguf_files_own_tokenizer() {
     assert_code(&b, 0);
     assert_eq!(a.stdout, b.stdout, "the GGUF's rebuilt tokenizer and template must give the folder's text");
 }
+
+#[test]
+fn streamed_and_resident_runners_compute_the_same_bits() {
+    for name in FIXTURES {
+        let model = pesc_model::Weights::open(&fixture(name)).unwrap();
+        let (ids, _) = reference(name);
+        let dev = candle_core::Device::Cpu;
+        let resident = Runner::load(&model, ComputeDType::F32, &dev).unwrap();
+        let streamed = Runner::stream(&model, ComputeDType::F32, &dev, None).unwrap();
+        assert!(resident.is_resident() && !streamed.is_resident());
+        let seqs = vec![ids.clone(), ids[..5].to_vec()];
+        let a = resident.forward_batch(&seqs).unwrap();
+        let b = streamed.forward_batch(&seqs).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.logits.to_vec2::<f32>().unwrap(), y.logits.to_vec2::<f32>().unwrap(), "{name}");
+        }
+        // Decoding with a KV cache: the same bits streamed and resident.
+        let decode = |r: &Runner| {
+            let mut cache = Cache::default();
+            let mut got = r.forward(&ids[..5], &mut cache).unwrap().logits.to_vec2::<f32>().unwrap();
+            for &t in &ids[5..] {
+                got.extend(r.forward(&[t], &mut cache).unwrap().logits.to_vec2::<f32>().unwrap());
+            }
+            got
+        };
+        assert_eq!(decode(&streamed), decode(&resident), "{name}");
+    }
+}
+
+#[test]
+fn a_layer_larger_than_the_memory_allowed_is_refused_before_any_compute() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    let out = tmp.path().join("l.safetensors");
+    let o = run([
+        "logits".as_ref(),
+        model.as_os_str(),
+        "--token-ids".as_ref(),
+        "1,2,3".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--max-memory".as_ref(),
+        "1000".as_ref(),
+    ]);
+    assert_rejects(&o, &["layer 0 needs", "bytes in memory", "only 1000 bytes are available"]);
+    assert!(!out.exists());
+    let o = run([
+        Path::new("verify"),
+        &model,
+        Path::new("--against"),
+        &model,
+        Path::new("--max-memory"),
+        Path::new("1000"),
+        Path::new("--json"),
+    ]);
+    assert_rejects(&o, &["layer 0 needs", "only 1000 bytes"]);
+    assert_eq!(stdout(&o), "", "no report");
+}
+
+#[test]
+fn verify_reports_its_speed_and_peak_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pesc");
+    craft(&fixture("llama-gqa"), &out);
+    let r = verify_json(&out, &fixture("llama-gqa"), 0);
+    assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{r}");
+    assert!(r["seconds"].as_f64().unwrap() > 0.0, "{r}");
+}

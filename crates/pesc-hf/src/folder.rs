@@ -173,6 +173,23 @@ impl Model {
         })
     }
 
+    /// Rows `rows` (along the first dimension) of the stored float tensor
+    /// `name` as f32 values; NF4 weights are read whole ([`Model::read_f32`]).
+    pub fn read_rows_f32(&self, name: &str, rows: std::ops::Range<u64>) -> Result<Vec<f32>, HfError> {
+        let t = self.weights.get(name).ok_or_else(|| HfError::MissingTensor {
+            path: self.dir.clone(),
+            tensor: name.to_owned(),
+            shape: "(any)".into(),
+        })?;
+        let row_bytes = t.shape.iter().skip(1).product::<u64>() * t.dtype.size();
+        let bytes = self.weights.read_range(name, rows.start * row_bytes, (rows.end - rows.start) * row_bytes)?;
+        pesc_tensor::to_f32(t.dtype, &bytes).ok_or_else(|| HfError::DType {
+            path: self.weights.file_of(name).map_or_else(|| self.dir.clone(), Path::to_path_buf),
+            tensor: name.to_owned(),
+            dtype: t.dtype,
+        })
+    }
+
     /// Writes the stored tensor `name` into `out` as `to`: its bytes verbatim
     /// when it is stored as `to`, else converted (rounded to nearest) piece by
     /// piece, so memory stays bounded by the piece, not the tensor.

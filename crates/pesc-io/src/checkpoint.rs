@@ -219,6 +219,12 @@ impl Checkpoint {
         f.read(t)
     }
 
+    /// Reads `len` bytes of tensor `name` from byte `start` of its data.
+    pub fn read_range(&self, name: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+        let (f, t) = self.locate(name)?;
+        f.read_range(t, start, len)
+    }
+
     /// Streams a tensor's bytes into `out`.
     pub fn copy_to(&self, name: &str, out: &mut dyn crate::Sink) -> Result<()> {
         let (f, t) = self.locate(name)?;

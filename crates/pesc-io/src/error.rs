@@ -29,6 +29,20 @@ pub enum Error {
         /// The tensor being read.
         tensor: String,
     },
+    /// A read past the end of a tensor's data (a caller's row range).
+    #[error("`{path}`: tensor `{tensor}`: bytes {start}..+{len} lie outside its {nbytes} bytes")]
+    Range {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// First byte asked for.
+        start: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The tensor's size.
+        nbytes: u64,
+    },
     /// The run was interrupted (Ctrl-C or SIGTERM).
     #[error("interrupted")]
     Interrupted,

@@ -149,6 +149,23 @@ impl SafetensorsFile {
         Ok(buf)
     }
 
+    /// Reads `len` bytes of a tensor from byte `start` of its data (within its
+    /// `nbytes`, which were checked against the file's length).
+    pub fn read_range(&self, t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>> {
+        if start.checked_add(len).is_none_or(|end| end > t.nbytes) {
+            return Err(Error::Range { path: self.path.clone(), tensor: t.name.clone(), start, len, nbytes: t.nbytes });
+        }
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        self.file.read_exact_at(&mut buf, t.offset + start).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::UnexpectedEof { path: self.path.clone(), tensor: t.name.clone() }
+            } else {
+                Error::io(&self.path, e)
+            }
+        })?;
+        Ok(buf)
+    }
+
     /// Streams a tensor's bytes into `out` in chunks of at most 8 MiB.
     pub fn copy_to(&self, t: &TensorInfo, out: &mut dyn crate::Sink) -> Result<()> {
         self.for_each_chunk(t, 8 << 20, &mut |chunk| out.write_bytes(chunk))

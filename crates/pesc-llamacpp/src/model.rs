@@ -188,6 +188,31 @@ impl GgufModel {
         Ok(RawTensor { ty: t.ty, shape: s.shape.clone(), bytes })
     }
 
+    /// Rows `rows` of `name` (one not permuted nor stacked: embeddings, the
+    /// LM head) as stored.
+    pub fn read_rows_raw(&self, name: &str, rows: std::ops::Range<u64>) -> Result<RawTensor, LlamaCppError> {
+        let (s, t) = self.source(name)?;
+        if s.permute_heads.is_some() || s.expert.is_some() || rows.end > s.shape[0] || rows.start > rows.end {
+            return Err(LlamaCppError::NotInFile { path: self.path().into(), tensor: format!("{name}[{}..{}]", rows.start, rows.end) });
+        }
+        let row_bytes = t.ty.row_bytes(t.ne[0]).unwrap_or(0) * s.shape[1..].iter().product::<u64>() / t.ne[0];
+        let bytes = self.file.read_part(t, rows.start * row_bytes, (rows.end - rows.start) * row_bytes)?;
+        let mut shape = s.shape.clone();
+        shape[0] = rows.end - rows.start;
+        Ok(RawTensor { ty: t.ty, shape, bytes })
+    }
+
+    /// Rows `rows` of `name` dequantized exactly to f32.
+    pub fn read_rows_f32(&self, name: &str, rows: std::ops::Range<u64>) -> Result<Vec<f32>, LlamaCppError> {
+        let raw = self.read_rows_raw(name, rows)?;
+        let n = usize::try_from(raw.shape.iter().product::<u64>()).unwrap_or(0);
+        pesc_quant::dequantize(raw.ty, &raw.bytes, n).map_err(|source| LlamaCppError::Decode {
+            path: self.path().into(),
+            tensor: name.into(),
+            source,
+        })
+    }
+
     /// The values of `name`, dequantized exactly to f32, in Hugging Face
     /// layout.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, LlamaCppError> {

@@ -21,8 +21,10 @@ mod transformer;
 mod weights;
 
 pub use linear::{Linear, Lora, Nf4Weight, Weight};
-pub use transformer::{AdapterInput, LayerCache, LoadOptions, Nf4Policy, Pass, Projection, Role, Routing, Site, Transformer};
-pub use weights::{StoredNf4, Weights};
+pub use transformer::{
+    AdapterInput, Layer, LayerCache, LayerRef, LoadOptions, Nf4Policy, Pass, Projection, Role, Routing, Site, Transformer,
+};
+pub use weights::{Source, StoredNf4, Weights};
 
 /// Errors of loading and computing a model.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,16 @@ pub enum ModelError {
         tensor: String,
         /// Why.
         source: pesc_quant::QuantError,
+    },
+    /// A layer that does not fit the memory the runner may use.
+    #[error("layer {layer} needs {needed} bytes in memory (with the LM head's largest chunk), but only {available} bytes are available; free memory, raise --max-memory, or compute in bf16")]
+    LayerTooLarge {
+        /// The layer.
+        layer: u64,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
     },
     /// A block-quantized weight asked to train (it has no gradient).
     #[error("a block-quantized weight cannot be trained")]

@@ -124,6 +124,10 @@ pub struct LoadOptions {
     pub keep_blocks: bool,
     /// How NF4 weights are held.
     pub nf4: Nf4Policy,
+    /// Vocabulary rows of the LM head multiplied at a time (`None`: all at
+    /// once). A streamed model reads the head chunk by chunk; a resident one
+    /// computes the same chunks, so both give the same bits.
+    pub head_chunk_rows: Option<usize>,
 }
 
 struct Mlp {
@@ -157,7 +161,8 @@ struct Attention {
     o: Linear,
 }
 
-struct Layer {
+/// One decoder layer's weights.
+pub struct Layer {
     input_norm: Tensor,
     post_norm: Tensor,
     attn: Attention,
@@ -241,20 +246,51 @@ pub struct Pass {
     mask: Tensor,
 }
 
-/// A decoder-only Llama-family model (dense, PESC or Mixtral), loaded.
-pub struct Transformer {
+/// The weights a resident model holds; a streamed one reads them as it goes.
+struct Resident {
     embed: Tensor,
     layers: Vec<Layer>,
+    /// The LM head, one linear layer per chunk of vocabulary rows.
+    head: Vec<Linear>,
+}
+
+/// A decoder layer, held by a resident model or read for one use by a streamed one.
+pub enum LayerRef<'a> {
+    /// A resident model's layer.
+    Resident(&'a Layer),
+    /// A layer read for this use; dropped after it.
+    Loaded(Box<Layer>),
+}
+
+impl std::ops::Deref for LayerRef<'_> {
+    type Target = Layer;
+    fn deref(&self) -> &Layer {
+        match self {
+            LayerRef::Resident(l) => l,
+            LayerRef::Loaded(l) => l,
+        }
+    }
+}
+
+/// A decoder-only Llama-family model (dense, PESC or Mixtral): resident
+/// ([`Transformer::load`], every weight in memory) or streamed
+/// ([`Transformer::open`], each layer, the embedding rows and the LM head's
+/// chunks read when used and released after, so memory is bounded by about
+/// one layer whatever the depth). Both compute the same bits.
+pub struct Transformer {
+    weights: Weights,
+    opts: LoadOptions,
+    resident: Option<Resident>,
     norm: Tensor,
-    lm_head: Linear,
     inv_freq: Vec<f32>,
     eps: f64,
+    num_layers: usize,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    hidden: usize,
     window: Option<usize>,
     vocab: usize,
-    dtype: DType,
     device: Device,
 }
 
@@ -360,83 +396,173 @@ impl Loader<'_> {
             down: self.linear(down, bias, projection)?,
         })
     }
+    /// Layer `l`'s weights.
+    fn layer(&self, l: u64) -> Result<Layer> {
+        let cfg = self.weights.config();
+        let proj = |p: Projection, bias: bool| self.linear(&p.path(l), bias, true);
+        let shared = || -> Result<Mlp> {
+            Ok(Mlp {
+                gate: proj(Projection::Gate, cfg.mlp_bias)?,
+                up: proj(Projection::Up, cfg.mlp_bias)?,
+                down: proj(Projection::Down, cfg.mlp_bias)?,
+            })
+        };
+        let p = format!("model.layers.{l}");
+        let ffn = match &cfg.moe {
+            Moe::Dense => Ffn::Dense(shared()?),
+            Moe::Pesc(pp) => Ffn::Pesc {
+                mlp: shared()?,
+                router: self.linear(&format!("{p}.mlp.moe_adapter.router"), false, false)?,
+                experts: (0..pp.num_experts)
+                    .map(|j| {
+                        let module = |which: &str| ExpertNaming::Camelidae.adapter(l, j, which).trim_end_matches(".weight").to_owned();
+                        Ok(Adapter { down: self.linear(&module("down"), false, false)?, up: self.linear(&module("up"), false, false)? })
+                    })
+                    .collect::<Result<_>>()?,
+                top_k: usize_of(pp.top_k),
+                scaling: pp.scaling,
+            },
+            Moe::Mixtral { num_experts, top_k } => Ffn::Mixtral {
+                gate: self.linear(&format!("{p}.block_sparse_moe.gate"), false, false)?,
+                experts: (0..*num_experts)
+                    .map(|j| {
+                        let e = format!("{p}.block_sparse_moe.experts.{j}");
+                        self.mlp(&format!("{e}.w1"), &format!("{e}.w3"), &format!("{e}.w2"), false, false)
+                    })
+                    .collect::<Result<_>>()?,
+                top_k: usize_of(*top_k),
+            },
+        };
+        Ok(Layer {
+            input_norm: self.tensor(&format!("{p}.input_layernorm.weight"))?,
+            post_norm: self.tensor(&format!("{p}.post_attention_layernorm.weight"))?,
+            attn: Attention {
+                q: proj(Projection::Q, cfg.qkv_bias)?,
+                k: proj(Projection::K, cfg.qkv_bias)?,
+                v: proj(Projection::V, cfg.qkv_bias)?,
+                o: proj(Projection::O, cfg.o_bias)?,
+            },
+            ffn,
+        })
+    }
+
+    /// The tensor the LM head multiplies by: `lm_head.weight`, or the
+    /// embeddings when they are tied.
+    fn head_name(&self) -> &'static str {
+        if self.weights.config().tie_word_embeddings && !self.weights.has("lm_head.weight") {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        }
+    }
+
+    /// The LM head's rows `rows`: quantized as stored when they are (as llama.cpp uses them).
+    fn head_chunk(&self, rows: std::ops::Range<usize>) -> Result<Linear> {
+        let name = self.head_name();
+        let range = rows.start as u64..rows.end as u64;
+        if self.opts.keep_blocks {
+            if let Some(raw) = self.weights.quantized_rows(name, range.clone())? {
+                let ty = candle_type(raw.ty).ok_or_else(|| ModelError::UnsupportedBlockType { tensor: name.into(), ty: raw.ty })?;
+                let dims = raw.shape.iter().map(|&d| usize_of(d)).collect();
+                let q = QMatMul::from_qtensor(qtensor_from_ggml(ty, &raw.bytes, dims, self.device)?)?;
+                return Ok(Linear::new(Weight::Quantized(q), None));
+            }
+        }
+        let values = self.weights.read_rows_f32(name, range)?;
+        let cols = values.len() / rows.len().max(1);
+        let t = Tensor::from_vec(values, (rows.len(), cols), self.device)?.to_dtype(self.opts.dtype)?;
+        Ok(Linear::new(Weight::Frozen(t), None))
+    }
 }
 
 impl Transformer {
     /// Loads every weight of `weights` onto `device` as `opts` says.
     pub fn load(weights: &Weights, opts: LoadOptions, device: &Device) -> Result<Self> {
-        let cfg = weights.config();
-        let ld = Loader { weights, opts, device };
-        let mut layers = Vec::with_capacity(usize_of(cfg.num_layers));
-        for l in 0..cfg.num_layers {
-            let proj = |p: Projection, bias: bool| ld.linear(&p.path(l), bias, true);
-            let shared = || -> Result<Mlp> {
-                Ok(Mlp {
-                    gate: proj(Projection::Gate, cfg.mlp_bias)?,
-                    up: proj(Projection::Up, cfg.mlp_bias)?,
-                    down: proj(Projection::Down, cfg.mlp_bias)?,
-                })
-            };
-            let p = format!("model.layers.{l}");
-            let ffn = match &cfg.moe {
-                Moe::Dense => Ffn::Dense(shared()?),
-                Moe::Pesc(pp) => Ffn::Pesc {
-                    mlp: shared()?,
-                    router: ld.linear(&format!("{p}.mlp.moe_adapter.router"), false, false)?,
-                    experts: (0..pp.num_experts)
-                        .map(|j| {
-                            let module = |which: &str| ExpertNaming::Camelidae.adapter(l, j, which).trim_end_matches(".weight").to_owned();
-                            Ok(Adapter { down: ld.linear(&module("down"), false, false)?, up: ld.linear(&module("up"), false, false)? })
-                        })
-                        .collect::<Result<_>>()?,
-                    top_k: usize_of(pp.top_k),
-                    scaling: pp.scaling,
-                },
-                Moe::Mixtral { num_experts, top_k } => Ffn::Mixtral {
-                    gate: ld.linear(&format!("{p}.block_sparse_moe.gate"), false, false)?,
-                    experts: (0..*num_experts)
-                        .map(|j| {
-                            let e = format!("{p}.block_sparse_moe.experts.{j}");
-                            ld.mlp(&format!("{e}.w1"), &format!("{e}.w3"), &format!("{e}.w2"), false, false)
-                        })
-                        .collect::<Result<_>>()?,
-                    top_k: usize_of(*top_k),
-                },
-            };
-            layers.push(Layer {
-                input_norm: ld.tensor(&format!("{p}.input_layernorm.weight"))?,
-                post_norm: ld.tensor(&format!("{p}.post_attention_layernorm.weight"))?,
-                attn: Attention {
-                    q: proj(Projection::Q, cfg.qkv_bias)?,
-                    k: proj(Projection::K, cfg.qkv_bias)?,
-                    v: proj(Projection::V, cfg.qkv_bias)?,
-                    o: proj(Projection::O, cfg.o_bias)?,
-                },
-                ffn,
-            });
-        }
+        let mut model = Self::open(weights, opts, device)?;
+        let ld = model.loader();
+        let layers = (0..model.num_layers as u64).map(|l| ld.layer(l)).collect::<Result<Vec<_>>>()?;
         let embed = ld.tensor("model.embed_tokens.weight")?;
-        // Tied: the embedding matrix, quantized as stored when it is (as llama.cpp uses it).
-        let lm_head = if cfg.tie_word_embeddings && !weights.has("lm_head.weight") {
-            Linear::new(ld.blocks("model.embed_tokens.weight")?.unwrap_or_else(|| Weight::Frozen(embed.clone())), None)
+        let tied_values = ld.head_name() == "model.embed_tokens.weight" && ld.blocks("model.embed_tokens.weight")?.is_none();
+        let head = if opts.head_chunk_rows.is_none() && tied_values {
+            // Tied and held as values, in one chunk: the embedding matrix itself, shared.
+            vec![Linear::new(Weight::Frozen(embed.clone()), None)]
         } else {
-            ld.linear("lm_head", false, false)?
+            model.head_chunks().into_iter().map(|rows| ld.head_chunk(rows)).collect::<Result<_>>()?
         };
-        Ok(Transformer {
-            embed,
-            layers,
-            norm: ld.tensor("model.norm.weight")?,
-            lm_head,
+        model.resident = Some(Resident { embed, layers, head });
+        Ok(model)
+    }
+
+    /// Opens `weights` to be computed layer by layer: only the final norm is
+    /// read now; each layer, the embedding rows of the tokens and each chunk
+    /// of the LM head are read when used and released after.
+    pub fn open(weights: &Weights, opts: LoadOptions, device: &Device) -> Result<Self> {
+        let cfg = weights.config();
+        let mut model = Transformer {
+            weights: weights.clone(),
+            opts,
+            resident: None,
+            norm: Tensor::zeros(1, opts.dtype, device)?,
             inv_freq: rope::inv_freq(cfg)?,
             eps: cfg.rms_norm_eps,
+            num_layers: usize_of(cfg.num_layers),
             num_heads: usize_of(cfg.num_heads),
             num_kv_heads: usize_of(cfg.num_kv_heads),
             head_dim: usize_of(cfg.head_dim),
+            hidden: usize_of(cfg.hidden_size),
             window: cfg.sliding_window.map(usize_of),
             vocab: usize_of(cfg.vocab_size),
-            dtype: opts.dtype,
             device: device.clone(),
-        })
+        };
+        model.norm = model.loader().tensor("model.norm.weight")?;
+        Ok(model)
+    }
+
+    fn loader(&self) -> Loader<'_> {
+        Loader { weights: &self.weights, opts: self.opts, device: &self.device }
+    }
+
+    /// The LM head's chunks of vocabulary rows.
+    fn head_chunks(&self) -> Vec<std::ops::Range<usize>> {
+        let step = self.opts.head_chunk_rows.unwrap_or(self.vocab).max(1);
+        (0..self.vocab).step_by(step).map(|s| s..(s + step).min(self.vocab)).collect()
+    }
+
+    /// Whether every weight is in memory.
+    #[must_use]
+    pub fn is_resident(&self) -> bool {
+        self.resident.is_some()
+    }
+
+    /// Bytes layer `l` takes in memory once read, in the compute dtype (GGUF
+    /// block types as stored).
+    #[must_use]
+    pub fn layer_bytes(&self, l: u64) -> u64 {
+        let prefix = format!("model.layers.{l}.");
+        let size = self.opts.dtype.size_in_bytes() as u64;
+        let tensors = self.weights.config().expected_tensors().unwrap_or_default();
+        tensors
+            .iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .map(|(n, _)| self.weights.resident_bytes(n, size))
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Bytes of the LM head's largest chunk once read.
+    #[must_use]
+    pub fn head_chunk_bytes(&self) -> u64 {
+        let rows = self.head_chunks().first().map_or(0, ExactSizeIterator::len) as u64;
+        let whole = self.weights.resident_bytes(self.loader().head_name(), self.opts.dtype.size_in_bytes() as u64);
+        whole / (self.vocab as u64).max(1) * rows
+    }
+
+    /// Bytes every weight takes in memory once read (what [`Transformer::load`] holds).
+    #[must_use]
+    pub fn resident_bytes(&self) -> u64 {
+        let size = self.opts.dtype.size_in_bytes() as u64;
+        let layers = (0..self.num_layers as u64).map(|l| self.layer_bytes(l)).fold(0u64, u64::saturating_add);
+        let head = self.weights.resident_bytes(self.loader().head_name(), size);
+        layers.saturating_add(head).saturating_add(self.weights.resident_bytes("model.embed_tokens.weight", size))
     }
 
     /// Vocabulary size.
@@ -448,13 +574,13 @@ impl Transformer {
     /// Decoder layers.
     #[must_use]
     pub fn num_layers(&self) -> usize {
-        self.layers.len()
+        self.num_layers
     }
 
     /// The compute dtype.
     #[must_use]
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.opts.dtype
     }
 
     /// Where the weights live.
@@ -463,13 +589,14 @@ impl Transformer {
         &self.device
     }
 
-    /// Every linear layer with its place, in a fixed order: per layer q, k, v,
-    /// o, the FFN's gate, up and down, then the router and each expert's
-    /// adapter down and up (PESC) or the router and the experts (Mixtral);
-    /// the LM head last.
+    /// Every linear layer of a resident model with its place, in a fixed
+    /// order: per layer q, k, v, o, the FFN's gate, up and down, then the
+    /// router and each expert's adapter down and up (PESC) or the router and
+    /// the experts (Mixtral); the LM head's chunks last. Empty for a streamed model.
     pub fn linears_mut(&mut self) -> Vec<(Site, &mut Linear)> {
         let mut out = Vec::new();
-        for (l, layer) in (0u64..).zip(&mut self.layers) {
+        let Some(res) = &mut self.resident else { return out };
+        for (l, layer) in (0u64..).zip(&mut res.layers) {
             let Attention { q, k, v, o } = &mut layer.attn;
             for (p, lin) in [(Projection::Q, q), (Projection::K, k), (Projection::V, v), (Projection::O, o)] {
                 out.push((Site { role: Role::Projection(p), module: p.path(l) }, lin));
@@ -499,7 +626,9 @@ impl Transformer {
                 }
             }
         }
-        out.push((Site { role: Role::LmHead, module: "lm_head".into() }, &mut self.lm_head));
+        for head in &mut res.head {
+            out.push((Site { role: Role::LmHead, module: "lm_head".into() }, head));
+        }
         out
     }
 
@@ -511,22 +640,44 @@ impl Transformer {
         }
     }
 
-    /// The embeddings of `ids` (a 1-D u32 tensor of checked ids): `[ids, hidden]`.
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.embed.index_select(ids, 0)?)
+    /// The embeddings of `ids` (checked): `[ids, hidden]`. A streamed model
+    /// reads the rows of the distinct ids only.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let at = |ids: Vec<u32>| {
+            let n = ids.len();
+            Tensor::from_vec(ids, n, &self.device)
+        };
+        if let Some(res) = &self.resident {
+            return Ok(res.embed.index_select(&at(ids.to_vec())?, 0)?);
+        }
+        let mut distinct: Vec<u32> = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut rows = Vec::with_capacity(distinct.len() * self.hidden);
+        for &id in &distinct {
+            rows.extend(self.weights.read_rows_f32("model.embed_tokens.weight", u64::from(id)..u64::from(id) + 1)?);
+        }
+        let table = Tensor::from_vec(rows, (distinct.len(), self.hidden), &self.device)?.to_dtype(self.opts.dtype)?;
+        let positions: Vec<u32> = ids.iter().map(|id| u32_of(distinct.binary_search(id).unwrap_or(0))).collect();
+        Ok(table.index_select(&at(positions)?, 0)?)
     }
 
     /// The rotary tables and mask for `b` sequences of `t` tokens at positions `start..start + t`.
     pub fn pass(&self, b: usize, t: usize, start: usize) -> Result<Pass> {
-        let (cos, sin) = rope::tables(&self.inv_freq, start, t, self.dtype, &self.device)?;
-        let mask = causal_mask(start, t, self.window, &self.device)?.to_dtype(wide(self.dtype))?;
+        let (cos, sin) = rope::tables(&self.inv_freq, start, t, self.opts.dtype, &self.device)?;
+        let mask = causal_mask(start, t, self.window, &self.device)?.to_dtype(wide(self.opts.dtype))?;
         Ok(Pass { b, t, cos, sin, mask })
     }
 
-    /// Layer `li` on the residual stream `x` (`[b * t, hidden]`): the new stream
-    /// and, for an MoE layer, its routing. `cache` (one sequence) holds the keys and
-    /// values of earlier positions and is extended; `adapter_input` transforms the
-    /// rows each PESC adapter reads.
+    /// Layer `li`: the resident one, or read now.
+    pub fn load_layer(&self, li: usize) -> Result<LayerRef<'_>> {
+        match &self.resident {
+            Some(res) => Ok(LayerRef::Resident(&res.layers[li])),
+            None => Ok(LayerRef::Loaded(Box::new(self.loader().layer(li as u64)?))),
+        }
+    }
+
+    /// Layer `li` on the residual stream `x` (`[b * t, hidden]`); see [`Transformer::apply`].
     pub fn layer(
         &self,
         li: usize,
@@ -535,7 +686,22 @@ impl Transformer {
         cache: Option<&mut LayerCache>,
         adapter_input: Option<&AdapterInput<'_>>,
     ) -> Result<(Tensor, Option<Routing>)> {
-        let layer = &self.layers[li];
+        let layer = self.load_layer(li)?;
+        self.apply(&layer, x, pass, cache, adapter_input)
+    }
+
+    /// `layer` on the residual stream `x` (`[b * t, hidden]`): the new stream
+    /// and, for an MoE layer, its routing. `cache` (one sequence) holds the keys and
+    /// values of earlier positions and is extended; `adapter_input` transforms the
+    /// rows each PESC adapter reads.
+    pub fn apply(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        pass: &Pass,
+        cache: Option<&mut LayerCache>,
+        adapter_input: Option<&AdapterInput<'_>>,
+    ) -> Result<(Tensor, Option<Routing>)> {
         let h = rms_norm(x, &layer.input_norm, self.eps)?;
         let a = self.attention(&layer.attn, &h, pass, cache)?;
         let x = (x + a)?;
@@ -566,7 +732,29 @@ impl Transformer {
 
     /// The final norm and the LM head on the rows `x`: logits `[rows, vocab]` in the compute dtype.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(&rms_norm(x, &self.norm, self.eps)?)
+        let mut all = self.logits_many(std::slice::from_ref(x))?;
+        Ok(all.remove(0))
+    }
+
+    /// [`Transformer::logits`] of several streams; a streamed model reads
+    /// each chunk of its LM head once for all of them.
+    pub fn logits_many(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let normed = xs.iter().map(|x| rms_norm(x, &self.norm, self.eps)).collect::<Result<Vec<_>>>()?;
+        let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); xs.len()];
+        for (c, rows) in self.head_chunks().into_iter().enumerate() {
+            let loaded;
+            let head = match &self.resident {
+                Some(res) => &res.head[c],
+                None => {
+                    loaded = self.loader().head_chunk(rows)?;
+                    &loaded
+                }
+            };
+            for (x, out) in normed.iter().zip(parts.iter_mut()) {
+                out.push(head.forward(x)?);
+            }
+        }
+        parts.into_iter().map(|p| if p.len() == 1 { Ok(p[0].clone()) } else { Ok(Tensor::cat(&p, 1)?) }).collect()
     }
 
     fn attention(&self, attn: &Attention, h: &Tensor, pass: &Pass, cache: Option<&mut LayerCache>) -> Result<Tensor> {
@@ -599,8 +787,8 @@ impl Transformer {
         let (k, v) = (expand(k)?, expand(v)?);
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(wide(self.dtype))?.broadcast_add(&pass.mask)?;
-        let probs = softmax_last(&scores)?.to_dtype(self.dtype)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(wide(self.opts.dtype))?.broadcast_add(&pass.mask)?;
+        let probs = softmax_last(&scores)?.to_dtype(self.opts.dtype)?;
         let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
         attn.o.forward(&out)
     }

@@ -5,6 +5,7 @@ use pesc_hf::{Model, ModelConfig, TextModel};
 use pesc_llamacpp::{GgufModel, RawTensor};
 use pesc_quant::GgmlType;
 use std::path::Path;
+use std::sync::Arc;
 
 /// An NF4 folder's quantized weight as stored; `pesc_hf::dequantize_as(&codes, dtype)` gives
 /// what [`Weights::read_f32`] reads.
@@ -22,48 +23,58 @@ fn usize_shape(s: &[u64]) -> Vec<usize> {
     s.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect()
 }
 
-/// A model opened for running.
-pub enum Weights {
-    /// A Hugging Face folder.
-    Folder(Box<Model>),
-    /// A GGUF file; its block-quantized weights are multiplied as stored.
-    Gguf(Box<GgufModel>),
+/// Where a model's weights are stored.
+pub enum Source {
+    /// A Hugging Face folder (NF4 folders included).
+    Folder(Model),
+    /// A GGUF file; its block-quantized weights can be multiplied as stored.
+    Gguf(GgufModel),
 }
+
+/// A model opened for computing: its config validated and every tensor's
+/// name and shape checked; values are read on demand. Cheap to clone (the
+/// open files are shared), so a model can read its layers as it needs them.
+#[derive(Clone)]
+pub struct Weights(Arc<Source>);
 
 impl Weights {
     /// Opens `path`: a `.gguf` file, else a model folder.
     pub fn open(path: &Path) -> Result<Self> {
-        if pesc_llamacpp::is_gguf_path(path) {
-            Ok(Weights::Gguf(Box::new(GgufModel::open(path)?)))
-        } else {
-            Ok(Weights::Folder(Box::new(Model::open(path)?)))
-        }
+        let source =
+            if pesc_llamacpp::is_gguf_path(path) { Source::Gguf(GgufModel::open(path)?) } else { Source::Folder(Model::open(path)?) };
+        Ok(Weights(Arc::new(source)))
+    }
+
+    /// Where the weights are stored.
+    #[must_use]
+    pub fn source(&self) -> &Source {
+        &self.0
     }
 
     /// The model's config (for a GGUF file, the one its metadata implies).
     #[must_use]
     pub fn config(&self) -> &ModelConfig {
-        match self {
-            Weights::Folder(m) => &m.config,
-            Weights::Gguf(g) => &g.config,
+        match self.source() {
+            Source::Folder(m) => &m.config,
+            Source::Gguf(g) => &g.config,
         }
     }
 
     /// `llama`, `PESC llama`, `Mixtral`; GGUF files add their file type.
     #[must_use]
     pub fn kind(&self) -> String {
-        match self {
-            Weights::Folder(m) => m.kind(),
-            Weights::Gguf(g) => g.kind(),
+        match self.source() {
+            Source::Folder(m) => m.kind(),
+            Source::Gguf(g) => g.kind(),
         }
     }
 
     /// The tokenizer and chat template: the folder's files, or those the
     /// GGUF metadata holds.
     pub fn text(&self) -> Result<TextModel> {
-        match self {
-            Weights::Folder(m) => Ok(TextModel::load(&m.dir)?),
-            Weights::Gguf(g) => {
+        match self.source() {
+            Source::Folder(m) => Ok(TextModel::load(&m.dir)?),
+            Source::Gguf(g) => {
                 let files = g.tokenizer_files()?;
                 let Some((tokenizer, config)) = files else {
                     return Err(ModelError::NoVocabulary { path: g.path().into() });
@@ -77,24 +88,24 @@ impl Weights {
     /// Whether the model has a tokenizer.
     #[must_use]
     pub fn has_tokenizer(&self) -> bool {
-        match self {
-            Weights::Folder(m) => m.dir.join("tokenizer.json").is_file(),
-            Weights::Gguf(g) => g.vocab.is_some(),
+        match self.source() {
+            Source::Folder(m) => m.dir.join("tokenizer.json").is_file(),
+            Source::Gguf(g) => g.vocab.is_some(),
         }
     }
 
     /// Whether the model holds `name` (canonical naming).
     #[must_use]
     pub fn has(&self, name: &str) -> bool {
-        match self {
-            Weights::Folder(m) => m.weights.get(&m.stored_name(name)).is_some(),
-            Weights::Gguf(g) => g.tensors().any(|(n, _)| n == name),
+        match self.source() {
+            Source::Folder(m) => m.weights.get(&m.stored_name(name)).is_some(),
+            Source::Gguf(g) => g.tensors().any(|(n, _)| n == name),
         }
     }
 
     /// The stored NF4 weight `name` of an NF4 folder; `None` for any other tensor.
     pub fn read_nf4(&self, name: &str) -> Result<Option<StoredNf4>> {
-        let Weights::Folder(m) = self else { return Ok(None) };
+        let Source::Folder(m) = self.source() else { return Ok(None) };
         let stored = m.stored_name(name);
         let Some(info) = m.nf4(&stored) else { return Ok(None) };
         Ok(Some(StoredNf4 { codes: m.read_nf4(&stored)?, dtype: info.dtype, shape: usize_shape(&info.shape) }))
@@ -102,8 +113,8 @@ impl Weights {
 
     /// The values of `name` as f32 and its shape.
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        match self {
-            Weights::Folder(m) => {
+        match self.source() {
+            Source::Folder(m) => {
                 let stored = m.stored_name(name);
                 let shape = m.shape_of(&stored).ok_or_else(|| pesc_hf::HfError::MissingTensor {
                     path: m.dir.clone(),
@@ -113,7 +124,7 @@ impl Weights {
                 // Float tensors converted, NF4 weights dequantized.
                 Ok((m.read_f32(&stored)?, usize_shape(&shape)))
             }
-            Weights::Gguf(g) => {
+            Source::Gguf(g) => {
                 let shape = g.tensors().find(|(n, _)| *n == name).map(|(_, s)| usize_shape(s)).unwrap_or_default();
                 Ok((g.read_f32(name)?, shape))
             }
@@ -123,12 +134,55 @@ impl Weights {
     /// For a GGUF weight stored in a block type: its bytes, to multiply
     /// without dequantizing. `None` for float types and folders.
     pub fn quantized(&self, name: &str) -> Result<Option<RawTensor>> {
-        match self {
-            Weights::Gguf(g) => match g.stored(name) {
+        match self.source() {
+            Source::Gguf(g) => match g.stored(name) {
                 Some(t) if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => Ok(Some(g.read_raw(name)?)),
                 _ => Ok(None),
             },
-            Weights::Folder(_) => Ok(None),
+            Source::Folder(_) => Ok(None),
+        }
+    }
+
+    /// The shape of `name` (canonical naming), if the model holds it.
+    #[must_use]
+    pub fn shape_of(&self, name: &str) -> Option<Vec<u64>> {
+        match self.source() {
+            Source::Folder(m) => m.shape_of(&m.stored_name(name)),
+            Source::Gguf(g) => g.tensors().find(|(n, _)| *n == name).map(|(_, s)| s.to_vec()),
+        }
+    }
+
+    /// Bytes `name` takes in memory: as stored when it is a GGUF block type
+    /// (multiplied as stored), else its elements in `dtype_size`-byte values.
+    #[must_use]
+    pub fn resident_bytes(&self, name: &str, dtype_size: u64) -> u64 {
+        let numel = self.shape_of(name).and_then(|s| pesc_tensor::numel(&s)).unwrap_or(0);
+        match self.source() {
+            Source::Gguf(g) => match g.stored(name) {
+                Some(t) if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => t.ty.nbytes(&[numel]).unwrap_or(u64::MAX),
+                _ => numel.saturating_mul(dtype_size),
+            },
+            Source::Folder(_) => numel.saturating_mul(dtype_size),
+        }
+    }
+
+    /// Rows `rows` (along the first dimension) of `name` as f32 values.
+    pub fn read_rows_f32(&self, name: &str, rows: std::ops::Range<u64>) -> Result<Vec<f32>> {
+        match self.source() {
+            Source::Folder(m) => Ok(m.read_rows_f32(&m.stored_name(name), rows)?),
+            Source::Gguf(g) => Ok(g.read_rows_f32(name, rows)?),
+        }
+    }
+
+    /// Rows `rows` of a GGUF weight stored in a block type, as stored; `None`
+    /// for float types and folders.
+    pub fn quantized_rows(&self, name: &str, rows: std::ops::Range<u64>) -> Result<Option<RawTensor>> {
+        match self.source() {
+            Source::Gguf(g) => match g.stored(name) {
+                Some(t) if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => Ok(Some(g.read_rows_raw(name, rows)?)),
+                _ => Ok(None),
+            },
+            Source::Folder(_) => Ok(None),
         }
     }
 }

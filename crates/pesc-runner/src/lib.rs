@@ -1,16 +1,24 @@
 //! The runner: inference on `pesc-model`'s [`Transformer`] (CPU, or CUDA
-//! with the `cuda` feature) in f32 or bf16, one sequence at a time with a KV
-//! [`Cache`]. [`Runner::forward`] returns f32 logits and, for MoE models, the
-//! experts each token was routed to; [`Sampler`] and [`generate`] make text.
-//! Block-quantized GGUF matrices are multiplied as stored, with ggml's
-//! kernels as candle implements them; NF4 weights are dequantized once.
+//! with the `cuda` feature) in f32 or bf16. [`Runner::forward`] runs one
+//! sequence with a KV [`Cache`] and returns f32 logits and, for MoE models,
+//! the experts each token was routed to; [`Runner::forward_batch`] runs many
+//! sequences, reading each layer once for all; [`Sampler`] and [`generate`]
+//! make text. Block-quantized GGUF matrices are multiplied as stored, with
+//! ggml's kernels as candle implements them; NF4 weights are dequantized.
+//!
+//! A runner is resident ([`Runner::load`]: every weight in memory, for
+//! generation) or streamed ([`Runner::stream`]: each layer read when used and
+//! released after, so a model of any size runs in about one layer's memory;
+//! what `verify` and `logits` use). Both compute the same bits.
 
+pub mod memory;
 mod sample;
 
 pub use pesc_model::{ModelError, Result, Weights};
 pub use sample::{generate, Sampler};
 
 use candle_core::{DType, Device, Tensor};
+
 use pesc_model::{LayerCache, LoadOptions, Nf4Policy, Transformer};
 
 /// The dtype the runner computes in.
@@ -60,9 +68,16 @@ pub struct Forward {
     pub routes: Vec<Vec<Vec<usize>>>,
 }
 
-/// A model loaded for inference.
+/// Vocabulary rows of the LM head a runner multiplies at a time, resident or streamed.
+pub const HEAD_CHUNK_ROWS: usize = 8192;
+
+/// A model ready for inference.
 pub struct Runner {
     model: Transformer,
+}
+
+fn options(dtype: ComputeDType) -> LoadOptions {
+    LoadOptions { dtype: dtype.candle(), keep_blocks: true, nf4: Nf4Policy::Dequantize, head_chunk_rows: Some(HEAD_CHUNK_ROWS) }
 }
 
 impl Runner {
@@ -70,8 +85,48 @@ impl Runner {
     /// except GGUF block-quantized matrices, which stay quantized; NF4 weights
     /// are dequantized once.
     pub fn load(weights: &Weights, dtype: ComputeDType, device: &Device) -> Result<Self> {
-        let opts = LoadOptions { dtype: dtype.candle(), keep_blocks: true, nf4: Nf4Policy::Dequantize };
-        Ok(Runner { model: Transformer::load(weights, opts, device)? })
+        Ok(Runner { model: Transformer::load(weights, options(dtype), device)? })
+    }
+
+    /// Opens `weights` to run layer by layer. Refused before any compute when
+    /// a layer (with the LM head's largest chunk) needs more than `budget`
+    /// bytes (default: the memory available now).
+    pub fn stream(weights: &Weights, dtype: ComputeDType, device: &Device, budget: Option<u64>) -> Result<Self> {
+        let model = Transformer::open(weights, options(dtype), device)?;
+        if let Some(available) = budget.or_else(memory::available) {
+            let head = model.head_chunk_bytes();
+            for l in 0..model.num_layers() as u64 {
+                let needed = model.layer_bytes(l).saturating_add(head);
+                if needed > available {
+                    return Err(ModelError::LayerTooLarge { layer: l, needed, available });
+                }
+            }
+        }
+        Ok(Runner { model })
+    }
+
+    /// Resident when every weight fits in `budget` (default: the memory
+    /// available now, less a quarter kept free), else streamed: generation
+    /// then reads every layer for each token, slowly, but completes.
+    pub fn fit(weights: &Weights, dtype: ComputeDType, device: &Device, budget: Option<u64>) -> Result<Self> {
+        let streamed = Self::stream(weights, dtype, device, budget)?;
+        let room = budget.or_else(|| memory::available().map(|a| a / 4 * 3));
+        if room.is_none_or(|r| streamed.model.resident_bytes() <= r) {
+            return Self::load(weights, dtype, device);
+        }
+        Ok(streamed)
+    }
+
+    /// Whether every weight is in memory.
+    #[must_use]
+    pub fn is_resident(&self) -> bool {
+        self.model.is_resident()
+    }
+
+    /// Bytes every weight takes once in memory.
+    #[must_use]
+    pub fn resident_bytes(&self) -> u64 {
+        self.model.resident_bytes()
     }
 
     /// Vocabulary size.
@@ -91,7 +146,7 @@ impl Runner {
             cache.kv = vec![None; self.model.num_layers()];
         }
         let pass = self.model.pass(1, t, cache.len)?;
-        let mut x = self.model.embed(&Tensor::from_vec(tokens.to_vec(), t, self.model.device())?)?;
+        let mut x = self.model.embed(tokens)?;
         let mut routes = Vec::new();
         for (li, kv) in cache.kv.iter_mut().enumerate() {
             let (next, routing) = self.model.layer(li, &x, &pass, Some(kv), None)?;
@@ -103,5 +158,34 @@ impl Runner {
         cache.len += t;
         let logits = self.model.logits(&x)?.to_dtype(DType::F32)?;
         Ok(Forward { logits, routes })
+    }
+
+    /// Runs each sequence from an empty cache, as [`Runner::forward`] would,
+    /// taking all of them through a layer before the next: a streamed model
+    /// reads each layer and each chunk of its LM head once.
+    pub fn forward_batch(&self, sequences: &[Vec<u32>]) -> Result<Vec<Forward>> {
+        let mut xs = Vec::with_capacity(sequences.len());
+        let mut passes = Vec::with_capacity(sequences.len());
+        for s in sequences {
+            if s.is_empty() {
+                return Err(ModelError::NoTokens);
+            }
+            self.model.check_tokens(s)?;
+            passes.push(self.model.pass(1, s.len(), 0)?);
+            xs.push(self.model.embed(s)?);
+        }
+        let mut routes: Vec<Vec<Vec<Vec<usize>>>> = vec![Vec::new(); sequences.len()];
+        for li in 0..self.model.num_layers() {
+            let layer = self.model.load_layer(li)?;
+            for ((x, pass), r) in xs.iter_mut().zip(&passes).zip(routes.iter_mut()) {
+                let (next, routing) = self.model.apply(&layer, x, pass, None, None)?;
+                if let Some(routing) = routing {
+                    r.push(routing.chosen);
+                }
+                *x = next;
+            }
+        }
+        let logits = self.model.logits_many(&xs)?;
+        logits.into_iter().zip(routes).map(|(l, routes)| Ok(Forward { logits: l.to_dtype(DType::F32)?, routes })).collect()
     }
 }

@@ -92,7 +92,7 @@ pub struct Step {
 
 /// A batch laid out for the forward pass.
 struct Prepared {
-    ids: Tensor,
+    ids: Vec<u32>,
     valid: Tensor,
     tokens: usize,
     rows: Tensor,
@@ -150,7 +150,8 @@ impl TrainModel {
         }
         // Block-quantized GGUF weights are dequantized: the frozen matmul passes gradients through.
         let nf4 = if opts.nf4_base { Nf4Policy::QuantizeProjections } else { Nf4Policy::AtUse };
-        let mut model = Transformer::load(weights, LoadOptions { dtype: opts.dtype, keep_blocks: false, nf4 }, device)?;
+        let mut model =
+            Transformer::load(weights, LoadOptions { dtype: opts.dtype, keep_blocks: false, nf4, head_chunk_rows: None }, device)?;
         #[allow(clippy::cast_precision_loss)]
         let scale = if opts.lora_r > 0 { opts.lora_alpha / opts.lora_r as f64 } else { 0.0 };
         let mut params: Vec<(String, Var)> = Vec::new();
@@ -294,7 +295,7 @@ impl TrainModel {
         let dev = self.model.device();
         let (tokens, m) = (valid.len(), targets.len());
         Ok(Prepared {
-            ids: Tensor::from_vec(ids, b * t, dev)?,
+            ids,
             valid: Tensor::from_vec(valid, tokens, dev)?,
             tokens,
             rows: Tensor::from_vec(rows, m, dev)?,

@@ -4,7 +4,7 @@
 //! agreement, and for MoE candidates the share of tokens each expert receives
 //! per layer.
 
-use pesc_runner::{Cache, ModelError, Runner};
+use pesc_runner::{ModelError, Runner};
 
 /// Where the largest difference was found.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +34,35 @@ pub struct Comparison {
     pub expert_load: Vec<Vec<u64>>,
 }
 
-/// Runs both models on every sequence (each from an empty cache) and compares.
+/// Largest logits of one model held at a time: sequences are compared in
+/// groups whose logits take at most this many bytes (each layer is read once
+/// per group).
+const GROUP_LOGIT_BYTES: usize = 256 << 20;
+
+/// `sequences` split into consecutive groups whose logits (`tokens × vocab`
+/// f32) stay under [`GROUP_LOGIT_BYTES`]; a group holds at least one sequence.
+fn groups(sequences: &[Vec<u32>], vocab: usize) -> Vec<&[Vec<u32>]> {
+    let per_token = vocab.max(1) * 4;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, s) in sequences.iter().enumerate() {
+        let b = s.len() * per_token;
+        if i > start && bytes + b > GROUP_LOGIT_BYTES {
+            out.push(&sequences[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < sequences.len() {
+        out.push(&sequences[start..]);
+    }
+    out
+}
+
+/// Runs both models on every sequence (each from an empty cache, all of a
+/// group through a layer before the next) and compares: the reference's
+/// logits first, then the candidate's, so a streamed pair never holds more
+/// than one layer of either.
 pub fn compare(candidate: &Runner, reference: &Runner, sequences: &[Vec<u32>]) -> Result<Comparison, ModelError> {
     let mut c = Comparison {
         max_abs_diff: 0.0,
@@ -45,36 +73,40 @@ pub fn compare(candidate: &Runner, reference: &Runner, sequences: &[Vec<u32>]) -
         expert_load: Vec::new(),
     };
     let (mut kl_sum, mut agree) = (0.0f64, 0usize);
-    for (si, seq) in sequences.iter().enumerate() {
-        let cand = candidate.forward(seq, &mut Cache::default())?;
-        let refr = reference.forward(seq, &mut Cache::default())?;
-        let (a, b) = (cand.logits.to_vec2::<f32>()?, refr.logits.to_vec2::<f32>()?);
-        for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
-            for (tok, (p, q)) in x.iter().zip(y).enumerate() {
-                let d = (p - q).abs();
-                if d > c.max_abs_diff || d.is_nan() {
-                    c.max_abs_diff = if d.is_nan() { f32::INFINITY } else { d };
-                    c.worst = Worst { sequence: si, position: pos, token: tok };
-                }
-            }
-            kl_sum += kl(y, x);
-            agree += usize::from(argmax(x) == argmax(y));
-            c.tokens += 1;
-        }
-        for (l, layer) in cand.routes.iter().enumerate() {
-            if c.expert_load.len() <= l {
-                c.expert_load.push(Vec::new());
-            }
-            for experts in layer {
-                for &e in experts {
-                    let load = &mut c.expert_load[l];
-                    if load.len() <= e {
-                        load.resize(e + 1, 0);
+    let mut first = 0;
+    for group in groups(sequences, reference.vocab_size()) {
+        let refs = reference.forward_batch(group)?;
+        let cands = candidate.forward_batch(group)?;
+        for (si, (cand, refr)) in (first..).zip(cands.iter().zip(&refs)) {
+            let (a, b) = (cand.logits.to_vec2::<f32>()?, refr.logits.to_vec2::<f32>()?);
+            for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
+                for (tok, (p, q)) in x.iter().zip(y).enumerate() {
+                    let d = (p - q).abs();
+                    if d > c.max_abs_diff || d.is_nan() {
+                        c.max_abs_diff = if d.is_nan() { f32::INFINITY } else { d };
+                        c.worst = Worst { sequence: si, position: pos, token: tok };
                     }
-                    load[e] += 1;
+                }
+                kl_sum += kl(y, x);
+                agree += usize::from(argmax(x) == argmax(y));
+                c.tokens += 1;
+            }
+            for (l, layer) in cand.routes.iter().enumerate() {
+                if c.expert_load.len() <= l {
+                    c.expert_load.push(Vec::new());
+                }
+                for experts in layer {
+                    for &e in experts {
+                        let load = &mut c.expert_load[l];
+                        if load.len() <= e {
+                            load.resize(e + 1, 0);
+                        }
+                        load[e] += 1;
+                    }
                 }
             }
         }
+        first += group.len();
     }
     #[allow(clippy::cast_precision_loss)]
     if c.tokens > 0 {
@@ -127,6 +159,18 @@ pub fn builtin_sequences(vocab: usize, count: usize, len: usize) -> Vec<Vec<u32>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_bound_the_logits_and_keep_every_sequence() {
+        let seqs: Vec<Vec<u32>> = (0..10).map(|i| vec![0; 100 + i]).collect();
+        // 100 tokens of a 256 Ki vocabulary take 100 MiB: two sequences a group.
+        let g = groups(&seqs, 256 << 10);
+        assert_eq!(g.iter().map(|g| g.len()).collect::<Vec<_>>(), [2, 2, 2, 2, 2]);
+        assert_eq!(groups(&seqs, 10).len(), 1);
+        // A sequence larger than the bound is a group of its own.
+        assert_eq!(groups(&[vec![0; 1 << 20]], 1 << 10).len(), 1);
+        assert!(groups(&[], 10).is_empty());
+    }
 
     #[test]
     fn kl_is_zero_for_equal_and_positive_otherwise() {

@@ -2,6 +2,7 @@
 
 use crate::compare::{builtin_sequences, compare, has_zero_adapters, Comparison};
 use candle_core::Device;
+use pesc_model::Source;
 use pesc_runner::{ComputeDType, ModelError, Runner, Weights};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub struct Gate {
     pub dtype: ComputeDType,
     /// Where both run.
     pub device: Device,
+    /// The memory the runners may use (default: what is available). A layer
+    /// that needs more is refused before any compute.
+    pub max_memory: Option<u64>,
 }
 
 /// What can stop the gate before a verdict.
@@ -134,6 +138,10 @@ pub struct Verdict {
     pub exact_required: bool,
     /// The tolerances applied: `(max_abs_diff, max_kl)`, zero when exactness is required.
     pub tolerance: (f32, f64),
+    /// Wall time of running both models, in seconds.
+    pub seconds: f64,
+    /// This process's peak resident memory, in bytes.
+    pub peak_rss: Option<u64>,
 }
 
 impl Verdict {
@@ -160,8 +168,19 @@ impl Verdict {
             "tolerance": {"max_abs_diff": self.tolerance.0, "max_kl": self.tolerance.1},
             "worst": {"sequence": c.worst.sequence, "position": c.worst.position, "token": c.worst.token},
             "expert_load": c.expert_load,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second(),
+            "peak_rss_bytes": self.peak_rss,
             "pass": self.pass(),
         })
+    }
+
+    /// Tokens run per second, both models counted.
+    #[must_use]
+    pub fn tokens_per_second(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let tokens = 2.0 * self.comparison.tokens as f64;
+        tokens / self.seconds.max(1e-9)
     }
 
     /// Why the candidate fails, naming the worst logit; `None` when it passes.
@@ -187,9 +206,9 @@ impl Verdict {
 /// folders, or two GGUF files with the same type for every tensor of the
 /// reference), so that a PESC model with zero adapters must equal it exactly.
 fn same_storage(cand: &Weights, refr: &Weights) -> bool {
-    match (cand, refr) {
-        (Weights::Folder(_), Weights::Folder(_)) => true,
-        (Weights::Gguf(c), Weights::Gguf(r)) => r.tensors().all(|(name, _)| c.stored(name).map(|t| t.ty) == r.stored(name).map(|t| t.ty)),
+    match (cand.source(), refr.source()) {
+        (Source::Folder(_), Source::Folder(_)) => true,
+        (Source::Gguf(c), Source::Gguf(r)) => r.tensors().all(|(name, _)| c.stored(name).map(|t| t.ty) == r.stored(name).map(|t| t.ty)),
         _ => false,
     }
 }
@@ -238,7 +257,12 @@ pub fn gate(candidate: &Path, reference: &Path, inputs: &Inputs, g: &Gate) -> Re
     }
     let sequences = sequences(inputs, &refr)?;
     let exact_required = has_zero_adapters(&cand)? && matches!(refr.config().moe, pesc_hf::Moe::Dense) && same_storage(&cand, &refr);
-    let comparison = compare(&Runner::load(&cand, g.dtype, &g.device)?, &Runner::load(&refr, g.dtype, &g.device)?, &sequences)?;
+    // Both streamed: every layer is checked to fit before anything runs, and
+    // only one layer of one model is in memory at a time.
+    let started = std::time::Instant::now();
+    let reference = Runner::stream(&refr, g.dtype, &g.device, g.max_memory)?;
+    let candidate = Runner::stream(&cand, g.dtype, &g.device, g.max_memory)?;
+    let comparison = compare(&candidate, &reference, &sequences)?;
     Ok(Verdict {
         candidate: cand.kind(),
         reference: refr.kind(),
@@ -246,5 +270,7 @@ pub fn gate(candidate: &Path, reference: &Path, inputs: &Inputs, g: &Gate) -> Re
         comparison,
         exact_required,
         tolerance: if exact_required { (0.0, 0.0) } else { (g.max_abs_diff, g.max_kl) },
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss: pesc_runner::memory::peak_rss(),
     })
 }
