@@ -26,9 +26,9 @@ fn usize_shape(s: &[u64]) -> Vec<usize> {
 /// Where a model's weights are stored.
 pub enum Source {
     /// A Hugging Face folder (NF4 folders included).
-    Folder(Model),
+    Folder(Box<Model>),
     /// A GGUF file; its block-quantized weights can be multiplied as stored.
-    Gguf(GgufModel),
+    Gguf(Box<GgufModel>),
 }
 
 /// A model opened for computing: its config validated and every tensor's
@@ -40,8 +40,11 @@ pub struct Weights(Arc<Source>);
 impl Weights {
     /// Opens `path`: a `.gguf` file, else a model folder.
     pub fn open(path: &Path) -> Result<Self> {
-        let source =
-            if pesc_llamacpp::is_gguf_path(path) { Source::Gguf(GgufModel::open(path)?) } else { Source::Folder(Model::open(path)?) };
+        let source = if pesc_llamacpp::is_gguf_path(path) {
+            Source::Gguf(Box::new(GgufModel::open(path)?))
+        } else {
+            Source::Folder(Box::new(Model::open(path)?))
+        };
         Ok(Weights(Arc::new(source)))
     }
 
