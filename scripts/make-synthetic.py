@@ -2,7 +2,8 @@
 """Writes a synthetic Llama checkpoint of any size, for I/O benchmarks.
 
     scripts/make-synthetic.py OUT_DIR --hidden 2048 --intermediate 5632 \
-        --layers 8 --vocab 32000 [--dtype bf16] [--shard-size BYTES] [--seed 0]
+        --layers 8 --vocab 32000 [--dtype bf16] [--shard-size BYTES] [--seed 0] \
+        [--values bytes|normal] [--adapter DIR --adapter-r 16]
 
 OUT_DIR gets a Llama `config.json` and the tensors such a model has, with the
 Hugging Face names and `[out, in]` shapes, as `model.safetensors` or, with
@@ -12,10 +13,15 @@ Hugging Face names and `[out, in]` shapes, as `model.safetensors` or, with
 Only the Python standard library is used. The safetensors files are written
 by hand (8-byte little-endian header length, JSON header padded with spaces
 to a multiple of 8, then the data) and streamed, so Python's memory stays
-small whatever the size. The tensor bytes are a 1 MiB block from
-`random.Random(seed).randbytes` repeated: deterministic, incompressible
-enough for I/O measurements, and never meant to be computed with (they may
-hold NaNs; they are only copied).
+small whatever the size. The tensor bytes are a 1 MiB block repeated:
+with `--values bytes` (the default) from `random.Random(seed).randbytes`,
+deterministic, incompressible enough for I/O measurements, and never meant
+to be computed with (they may hold NaNs; they are only copied); with
+`--values normal`, values of N(0, 0.02) (norm weights 1.0), a model that
+computes finite logits at any depth (`scripts/scale-check.sh`).
+
+`--adapter DIR --adapter-r R` also writes a PEFT LoRA adapter for the model
+(rank R on q, k, v, o, gate, up and down; `A` and `B` of N(0, 0.02), f32).
 
 A one-line JSON summary (files, total bytes, largest tensor) goes to stdout.
 """
@@ -84,11 +90,28 @@ def encode_header(entries: list[tuple[str, list[int], int]], dtype: str) -> byte
     return struct.pack("<Q", len(text)) + text
 
 
-class Source:
-    """An endless deterministic byte stream: one pseudo-random block, repeated."""
+def normal_block(seed: int, dtype: str) -> bytes:
+    """BLOCK bytes of N(0, 0.02) values in `dtype` (bf16: the f32 value's upper half)."""
+    rng = random.Random(seed)
+    n = BLOCK // 4
+    f32 = struct.pack(f"<{n}f", *(rng.gauss(0.0, 0.02) for _ in range(n)))
+    if dtype == "f32":
+        return f32
+    if dtype == "bf16":
+        return b"".join(f32[i + 2 : i + 4] for i in range(0, len(f32), 4)) * 2
+    return struct.pack(f"<{2 * n}e", *(rng.gauss(0.0, 0.02) for _ in range(2 * n)))
 
-    def __init__(self, seed: int) -> None:
-        block = random.Random(seed).randbytes(BLOCK)
+
+def ones(dtype: str, count: int) -> bytes:
+    """`count` values of 1.0 in `dtype`."""
+    one = {"bf16": b"\x80\x3f", "f16": b"\x00\x3c", "f32": struct.pack("<f", 1.0)}[dtype]
+    return one * count
+
+
+class Source:
+    """An endless deterministic byte stream: one block, repeated."""
+
+    def __init__(self, block: bytes) -> None:
         self.buf = memoryview(block * 4)  # 4 MiB so most writes are one call
         self.pos = 0
 
@@ -116,6 +139,33 @@ def plan(tensors: list[tuple[str, list[int], int]], shard_size: int | None) -> l
     return shards
 
 
+def write_adapter(out: str, base: str, tensors: list[tuple[str, list[int], int]], r: int, seed: int, elem: int) -> None:
+    """A PEFT LoRA adapter of rank `r` on the seven projections of every layer."""
+    os.makedirs(out, exist_ok=True)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": os.path.basename(os.path.normpath(base)),
+        "r": r, "lora_alpha": 2 * r, "lora_dropout": 0.0, "bias": "none", "target_modules": targets,
+        "fan_in_fan_out": False, "use_rslora": False, "inference_mode": True, "modules_to_save": None,
+    }
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    entries = []
+    for name, shape, _ in tensors:
+        module = name[: -len(".weight")]
+        if len(shape) == 2 and module.rsplit(".", 1)[-1] in targets:
+            rows, cols = shape
+            entries.append((f"base_model.model.{module}.lora_A.weight", [r, cols], r * cols * 4))
+            entries.append((f"base_model.model.{module}.lora_B.weight", [rows, r], rows * r * 4))
+    entries.sort()
+    src = Source(normal_block(seed, "f32"))
+    with open(os.path.join(out, "adapter_model.safetensors"), "wb") as f:
+        f.write(encode_header(entries, "F32"))
+        for _, _, nbytes in entries:
+            src.write(f, nbytes)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
@@ -128,6 +178,9 @@ def main() -> int:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--shard-size", type=parse_size, help="shard when the weights exceed this many bytes (500MB, 2GiB ...)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--values", choices=["bytes", "normal"], default="bytes", help="random bytes (I/O only) or N(0, 0.02) values a model can compute with")
+    ap.add_argument("--adapter", help="also write a PEFT LoRA adapter for the model into this folder")
+    ap.add_argument("--adapter-r", type=int, default=16)
     args = ap.parse_args()
 
     heads = args.heads or args.hidden // 128
@@ -164,7 +217,8 @@ def main() -> int:
 
     tensors = [(n, s, numel(s) * elem) for n, s in llama_tensors(args.hidden, args.intermediate, args.layers, args.vocab, heads, kv_heads)]
     shards = plan(tensors, args.shard_size)
-    src = Source(args.seed)
+    block = random.Random(args.seed).randbytes(BLOCK) if args.values == "bytes" else normal_block(args.seed, args.dtype)
+    src = Source(block)
     files = []
     weight_map = {}
     for i, members in enumerate(shards):
@@ -172,8 +226,11 @@ def main() -> int:
         members = sorted(members, key=lambda t: t[0])
         with open(os.path.join(args.out_dir, name), "wb") as f:
             f.write(encode_header(members, st_dtype))
-            for tname, _, nbytes in members:
-                src.write(f, nbytes)
+            for tname, shape, nbytes in members:
+                if args.values == "normal" and len(shape) == 1:
+                    f.write(ones(args.dtype, shape[0]))
+                else:
+                    src.write(f, nbytes)
                 weight_map[tname] = name
         files.append(name)
     total = sum(t[2] for t in tensors)
@@ -182,6 +239,9 @@ def main() -> int:
         with open(os.path.join(args.out_dir, "model.safetensors.index.json"), "w") as f:
             json.dump(index, f, indent=2)
             f.write("\n")
+
+    if args.adapter:
+        write_adapter(args.adapter, args.out_dir, tensors, args.adapter_r, args.seed + 1, elem)
 
     largest = max(tensors, key=lambda t: t[2])
     summary = {

@@ -296,8 +296,11 @@ pub struct RunArgs {
     /// A model folder with a `tokenizer.json`.
     pub model: PathBuf,
     /// The user's message.
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required_unless_present = "token_ids")]
+    pub prompt: Option<String>,
+    /// Token ids to continue instead of a prompt (a model without a tokenizer); the new ids are printed.
+    #[arg(long, value_parser = parse_ids, conflicts_with_all = ["prompt", "system", "raw"])]
+    pub token_ids: Option<TokenIds>,
     /// A system message (otherwise the template's default, if any).
     #[arg(long)]
     pub system: Option<String>,

@@ -382,3 +382,32 @@ fn verify_reports_its_speed_and_peak_memory() {
     assert!(r["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{r}");
     assert!(r["seconds"].as_f64().unwrap() > 0.0, "{r}");
 }
+
+#[test]
+fn run_continues_token_ids_greedily_resident_or_streamed() {
+    // A model without a tokenizer: the new ids are printed; greedy decoding picks each argmax.
+    let model = fixture("llama-gqa");
+    let args = |extra: &[&str]| {
+        let mut a: Vec<std::ffi::OsString> =
+            vec!["run".into(), model.clone().into(), "--token-ids".into(), "1,2,3".into(), "--max-new-tokens".into(), "4".into()];
+        a.extend(extra.iter().map(Into::into));
+        a
+    };
+    let o = run(args(&[]));
+    assert_code(&o, 0);
+    let ids: Vec<u32> = stdout(&o).trim().split(',').map(|t| t.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 4);
+    let mut seq = vec![1, 2, 3];
+    for &next in &ids {
+        let logits = logits_of(&model, &seq);
+        let last = logits.last().unwrap();
+        let argmax = last.iter().enumerate().fold(0, |b, (i, v)| if *v > last[b] { i } else { b });
+        assert_eq!(next as usize, argmax);
+        seq.push(next);
+    }
+    // Too little memory to hold the model: it streams, and says so, with the same tokens.
+    let o = run(args(&["--max-memory", "300KB"]));
+    assert_code(&o, 0);
+    assert!(stderr(&o).contains("does not fit"), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+}
