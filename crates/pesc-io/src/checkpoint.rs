@@ -219,6 +219,15 @@ impl Checkpoint {
         f.read(t)
     }
 
+    /// Reads tensor `name`'s bytes into `buf`, which must be exactly its size.
+    pub fn read_into(&self, name: &str, buf: &mut [u8]) -> Result<()> {
+        let (f, t) = self.locate(name)?;
+        if buf.len() as u64 != t.nbytes {
+            return Err(Error::Range { path: f.path().into(), tensor: name.into(), start: 0, len: buf.len() as u64, nbytes: t.nbytes });
+        }
+        f.read_into(t, buf)
+    }
+
     /// Reads `len` bytes of tensor `name` from byte `start` of its data.
     pub fn read_range(&self, name: &str, start: u64, len: u64) -> Result<Vec<u8>> {
         let (f, t) = self.locate(name)?;

@@ -337,8 +337,7 @@ struct Loader<'a> {
 impl Loader<'_> {
     /// The tensor this tool calls `name` (PESC naming variants resolved), in the compute dtype.
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let (values, shape) = self.weights.read_f32(name)?;
-        Ok(Tensor::from_vec(values, shape, self.device)?.to_dtype(self.opts.dtype)?)
+        self.weights.read_tensor(name, self.opts.dtype, self.device)
     }
 
     /// Weight matrix `name` as stored when it is block-quantized and blocks are kept.
@@ -730,31 +729,18 @@ impl Transformer {
         Ok(((x + y)?, routing))
     }
 
-    /// The final norm and the LM head on the rows `x`: logits `[rows, vocab]` in the compute dtype.
+    /// The final norm and the LM head on the rows `x`: logits `[rows, vocab]`
+    /// in the compute dtype. A streamed model reads the head chunk by chunk.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let mut all = self.logits_many(std::slice::from_ref(x))?;
-        Ok(all.remove(0))
-    }
-
-    /// [`Transformer::logits`] of several streams; a streamed model reads
-    /// each chunk of its LM head once for all of them.
-    pub fn logits_many(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let normed = xs.iter().map(|x| rms_norm(x, &self.norm, self.eps)).collect::<Result<Vec<_>>>()?;
-        let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); xs.len()];
+        let x = rms_norm(x, &self.norm, self.eps)?;
+        let mut parts = Vec::new();
         for (c, rows) in self.head_chunks().into_iter().enumerate() {
-            let loaded;
-            let head = match &self.resident {
-                Some(res) => &res.head[c],
-                None => {
-                    loaded = self.loader().head_chunk(rows)?;
-                    &loaded
-                }
-            };
-            for (x, out) in normed.iter().zip(parts.iter_mut()) {
-                out.push(head.forward(x)?);
-            }
+            parts.push(match &self.resident {
+                Some(res) => res.head[c].forward(&x)?,
+                None => self.loader().head_chunk(rows)?.forward(&x)?,
+            });
         }
-        parts.into_iter().map(|p| if p.len() == 1 { Ok(p[0].clone()) } else { Ok(Tensor::cat(&p, 1)?) }).collect()
+        Ok(if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? })
     }
 
     fn attention(&self, attn: &Attention, h: &Tensor, pass: &Pass, cache: Option<&mut LayerCache>) -> Result<Tensor> {

@@ -1,9 +1,11 @@
 //! What the runner runs: a model folder (safetensors) or a GGUF file.
 
 use crate::{ModelError, Result};
+use candle_core::{DType, Device, Tensor};
 use pesc_hf::{Model, ModelConfig, TextModel};
 use pesc_llamacpp::{GgufModel, RawTensor};
 use pesc_quant::GgmlType;
+use rayon::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -132,6 +134,58 @@ impl Weights {
                 Ok((g.read_f32(name)?, shape))
             }
         }
+    }
+
+    /// `name` as a tensor of `dtype` on `device`, the same values as
+    /// [`Weights::read_f32`] converted to `dtype`. A folder's float tensor is
+    /// read straight into the tensor's memory when it is stored as `dtype`,
+    /// and converted on all cores when it is 16-bit and `dtype` is f32.
+    pub fn read_tensor(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Source::Folder(m) = self.source() {
+            let stored = m.stored_name(name);
+            if let (Some(info), None) = (m.weights.get(&stored), m.nf4(&stored)) {
+                let shape = usize_shape(&info.shape);
+                let n: usize = shape.iter().product();
+                let read = |buf: &mut [u8]| m.weights.read_into(&stored, buf).map_err(ModelError::from);
+                match (info.dtype, dtype) {
+                    (pesc_tensor::DType::F32, DType::F32) => {
+                        let mut v = vec![0f32; n];
+                        read(bytemuck::cast_slice_mut(&mut v))?;
+                        return Ok(Tensor::from_vec(v, shape, device)?);
+                    }
+                    (pesc_tensor::DType::BF16, DType::BF16) => {
+                        let mut v = vec![half::bf16::ZERO; n];
+                        read(bytemuck::cast_slice_mut(&mut v))?;
+                        return Ok(Tensor::from_vec(v, shape, device)?);
+                    }
+                    (pesc_tensor::DType::F16, DType::F16) => {
+                        let mut v = vec![half::f16::ZERO; n];
+                        read(bytemuck::cast_slice_mut(&mut v))?;
+                        return Ok(Tensor::from_vec(v, shape, device)?);
+                    }
+                    (from @ (pesc_tensor::DType::BF16 | pesc_tensor::DType::F16), DType::F32) => {
+                        let mut raw = vec![0u8; n * 2];
+                        read(&mut raw)?;
+                        let mut v = vec![0f32; n];
+                        // Chunks of whole elements; the values do not depend on the split.
+                        v.par_chunks_mut(1 << 16).zip(raw.par_chunks(2 << 16)).for_each(|(out, bytes)| {
+                            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                                let bits = u16::from_le_bytes([b[0], b[1]]);
+                                *o = if from == pesc_tensor::DType::BF16 {
+                                    half::bf16::from_bits(bits).to_f32()
+                                } else {
+                                    half::f16::from_bits(bits).to_f32()
+                                };
+                            }
+                        });
+                        return Ok(Tensor::from_vec(v, shape, device)?);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (values, shape) = self.read_f32(name)?;
+        Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
     }
 
     /// For a GGUF weight stored in a block type: its bytes, to multiply

@@ -160,32 +160,39 @@ impl Runner {
         Ok(Forward { logits, routes })
     }
 
-    /// Runs each sequence from an empty cache, as [`Runner::forward`] would,
-    /// taking all of them through a layer before the next: a streamed model
-    /// reads each layer and each chunk of its LM head once.
+    /// Runs each sequence from an empty cache, as one padded batch: the
+    /// sequences are right-padded to the longest, so every matrix product
+    /// covers all their tokens at once and a streamed model reads each layer
+    /// and each chunk of its LM head once. The causal mask keeps padding out of
+    /// every real token's view; its logits and routes are dropped.
     pub fn forward_batch(&self, sequences: &[Vec<u32>]) -> Result<Vec<Forward>> {
-        let mut xs = Vec::with_capacity(sequences.len());
-        let mut passes = Vec::with_capacity(sequences.len());
-        for s in sequences {
-            if s.is_empty() {
-                return Err(ModelError::NoTokens);
-            }
-            self.model.check_tokens(s)?;
-            passes.push(self.model.pass(1, s.len(), 0)?);
-            xs.push(self.model.embed(s)?);
+        let t = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        if sequences.is_empty() || sequences.iter().any(Vec::is_empty) {
+            return Err(ModelError::NoTokens);
         }
+        let mut ids = vec![0u32; sequences.len() * t];
+        for (i, s) in sequences.iter().enumerate() {
+            self.model.check_tokens(s)?;
+            ids[i * t..i * t + s.len()].copy_from_slice(s);
+        }
+        let pass = self.model.pass(sequences.len(), t, 0)?;
+        let mut x = self.model.embed(&ids)?;
         let mut routes: Vec<Vec<Vec<Vec<usize>>>> = vec![Vec::new(); sequences.len()];
         for li in 0..self.model.num_layers() {
-            let layer = self.model.load_layer(li)?;
-            for ((x, pass), r) in xs.iter_mut().zip(&passes).zip(routes.iter_mut()) {
-                let (next, routing) = self.model.apply(&layer, x, pass, None, None)?;
-                if let Some(routing) = routing {
-                    r.push(routing.chosen);
+            let (next, routing) = self.model.layer(li, &x, &pass, None, None)?;
+            if let Some(routing) = routing {
+                for (i, (s, r)) in sequences.iter().zip(routes.iter_mut()).enumerate() {
+                    r.push(routing.chosen[i * t..i * t + s.len()].to_vec());
                 }
-                *x = next;
             }
+            x = next;
         }
-        let logits = self.model.logits_many(&xs)?;
-        logits.into_iter().zip(routes).map(|(l, routes)| Ok(Forward { logits: l.to_dtype(DType::F32)?, routes })).collect()
+        let logits = self.model.logits(&x)?.to_dtype(DType::F32)?;
+        sequences
+            .iter()
+            .zip(routes)
+            .enumerate()
+            .map(|(i, (s, routes))| Ok(Forward { logits: logits.narrow(0, i * t, s.len())?.contiguous()?, routes }))
+            .collect()
     }
 }
