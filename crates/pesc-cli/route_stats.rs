@@ -31,7 +31,7 @@ pub fn run(a: &RouteStatsArgs) -> Result<()> {
             output::note(&format!("`{}`: {} records cut to --seq-len {}", path.display(), set.truncated, a.seq_len));
         }
     }
-    let runner = Runner::load(&model, ComputeDType::F32, &a.device.device()?)?;
+    let runner = Runner::fit(&model, ComputeDType::F32, &a.device.device()?, None)?;
     let stats = RouteStats::collect(&runner, usize::try_from(experts)?, usize::try_from(top_k)?, &examples)?;
     if a.json {
         output::data(&format!("{}\n", serde_json::to_string_pretty(&stats.to_json())?))?;

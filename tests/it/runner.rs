@@ -381,6 +381,15 @@ fn verify_reports_its_speed_and_peak_memory() {
     assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{r}");
     assert!(r["seconds"].as_f64().unwrap() > 0.0, "{r}");
+    // Every expert has a column, chosen or not: each layer's counts sum to top-k per token.
+    let tokens = r["tokens_compared"].as_u64().unwrap();
+    let load = r["expert_load"].as_array().unwrap();
+    assert!(!load.is_empty());
+    for layer in load {
+        let counts: Vec<u64> = layer.as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+        assert_eq!(counts.len(), 4, "{r}");
+        assert_eq!(counts.iter().sum::<u64>(), 2 * tokens, "{r}");
+    }
 }
 
 #[test]

@@ -104,6 +104,18 @@ pub enum Moe {
     },
 }
 
+impl Moe {
+    /// Experts per layer; 0 for a dense model.
+    #[must_use]
+    pub fn num_experts(&self) -> u64 {
+        match self {
+            Moe::Dense => 0,
+            Moe::Pesc(p) => p.num_experts,
+            Moe::Mixtral { num_experts, .. } => *num_experts,
+        }
+    }
+}
+
 /// A validated `config.json`.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {

@@ -162,10 +162,8 @@ pub struct PlannedTensor {
 /// block), with its type and ggml dimensions.
 #[must_use]
 pub fn plan(config: &ModelConfig, opts: ExportOptions) -> Vec<PlannedTensor> {
-    let n_expert = match config.moe {
-        Moe::Mixtral { num_experts, .. } => num_experts,
-        Moe::Dense | Moe::Pesc(_) => 0,
-    };
+    // llama.cpp's MoE tensors are Mixtral's; a PESC model's adapters are extra tensors.
+    let n_expert = if matches!(config.moe, Moe::Mixtral { .. }) { config.moe.num_experts() } else { 0 };
     let shape = Shape {
         n_layers: config.num_layers,
         tied: config.tie_word_embeddings,

@@ -570,6 +570,12 @@ impl Transformer {
         self.vocab
     }
 
+    /// The model's configuration.
+    #[must_use]
+    pub fn config(&self) -> &pesc_hf::ModelConfig {
+        self.weights.config()
+    }
+
     /// Decoder layers.
     #[must_use]
     pub fn num_layers(&self) -> usize {

@@ -2,7 +2,7 @@
 //!
 //! `PESC_BENCH_MODEL=DIR|FILE.gguf cargo bench -p pesc-runner --bench runner`
 //! prints, for f32 and bf16 (or those `PESC_BENCH_DTYPES=f32,bf16` names):
-//! prefill tokens/s for a 128-token prompt and decode tokens/s for 64 tokens
+//! prefill tokens/s for a 128-token prompt (`PESC_BENCH_PROMPT` tokens) and decode tokens/s for 64 tokens
 //! after it (median of 3 runs). `scripts/bench-runner.sh` runs
 //! it next to transformers on the same model.
 
@@ -23,7 +23,8 @@ fn main() {
     };
     let model = pesc_model::Weights::open(std::path::Path::new(&dir)).expect("model folder or GGUF file");
     let vocab = u32::try_from(model.config().vocab_size).unwrap();
-    let prompt: Vec<u32> = (0..128u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let len: u32 = std::env::var("PESC_BENCH_PROMPT").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
+    let prompt: Vec<u32> = (0..len).map(|i| (i * 7919 + 13) % vocab).collect();
     let wanted = std::env::var("PESC_BENCH_DTYPES").unwrap_or_else(|_| "f32,bf16".into());
     for (name, dtype) in [("f32", ComputeDType::F32), ("bf16", ComputeDType::BF16)] {
         if !wanted.split(',').any(|w| w == name) {

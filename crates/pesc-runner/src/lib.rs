@@ -135,6 +135,12 @@ impl Runner {
         self.model.vocab_size()
     }
 
+    /// Experts per layer; 0 for a dense model.
+    #[must_use]
+    pub fn num_experts(&self) -> usize {
+        usize::try_from(self.model.config().moe.num_experts()).unwrap_or(usize::MAX)
+    }
+
     /// Runs `tokens` at the positions after those in `cache`, extending it.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Forward> {
         if tokens.is_empty() {

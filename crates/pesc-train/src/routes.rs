@@ -3,10 +3,13 @@
 //! Figure 4), as a table, JSON and an SVG heat map.
 
 use crate::{Example, Result, TrainError};
-use pesc_runner::{Cache, Runner};
+use pesc_runner::Runner;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// Examples run together.
+const BATCH: usize = 16;
 
 /// Expert assignment counts per source, layer and expert.
 #[derive(Debug, Clone)]
@@ -20,21 +23,24 @@ pub struct RouteStats {
 }
 
 impl RouteStats {
-    /// Runs every `(source, example)` through `runner` (one forward pass
-    /// each) and counts where its tokens were routed.
+    /// Runs every `(source, example)` through `runner`, [`BATCH`] examples
+    /// per padded batch (a streamed model reads each layer once a batch), and
+    /// counts where their tokens were routed.
     pub fn collect(runner: &Runner, experts: usize, top_k: usize, examples: &[(String, &Example)]) -> Result<Self> {
         let mut sources: BTreeMap<String, (u64, Vec<Vec<u64>>)> = BTreeMap::new();
-        for (source, ex) in examples {
-            let out = runner.forward(&ex.input_ids, &mut Cache::default())?;
-            if out.routes.is_empty() {
-                return Err(TrainError::NotMoe);
-            }
-            let entry = sources.entry(source.clone()).or_insert_with(|| (0, vec![vec![0; experts]; out.routes.len()]));
-            entry.0 += ex.input_ids.len() as u64;
-            for (layer, tokens) in out.routes.iter().enumerate() {
-                for e in tokens.iter().flatten() {
-                    if let Some(c) = entry.1.get_mut(layer).and_then(|l| l.get_mut(*e)) {
-                        *c += 1;
+        for chunk in examples.chunks(BATCH) {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, ex)| ex.input_ids.clone()).collect();
+            for ((source, ex), out) in chunk.iter().zip(runner.forward_batch(&ids)?) {
+                if out.routes.is_empty() {
+                    return Err(TrainError::NotMoe);
+                }
+                let entry = sources.entry(source.clone()).or_insert_with(|| (0, vec![vec![0; experts]; out.routes.len()]));
+                entry.0 += ex.input_ids.len() as u64;
+                for (layer, tokens) in out.routes.iter().enumerate() {
+                    for e in tokens.iter().flatten() {
+                        if let Some(c) = entry.1.get_mut(layer).and_then(|l| l.get_mut(*e)) {
+                            *c += 1;
+                        }
                     }
                 }
             }

@@ -93,16 +93,10 @@ pub fn compare(candidate: &Runner, reference: &Runner, sequences: &[Vec<u32>]) -
             }
             for (l, layer) in cand.routes.iter().enumerate() {
                 if c.expert_load.len() <= l {
-                    c.expert_load.push(Vec::new());
+                    c.expert_load.push(vec![0; candidate.num_experts()]);
                 }
-                for experts in layer {
-                    for &e in experts {
-                        let load = &mut c.expert_load[l];
-                        if load.len() <= e {
-                            load.resize(e + 1, 0);
-                        }
-                        load[e] += 1;
-                    }
+                for &e in layer.iter().flatten() {
+                    c.expert_load[l][e] += 1;
                 }
             }
         }
