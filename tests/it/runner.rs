@@ -280,13 +280,18 @@ fn quantized_gguf_runs_like_its_dequantized_import_and_a_fresh_pesc_equals_its_d
         let gguf = tmp.path().join(format!("gqa-{to}.gguf"));
         quantize_to(&fixture("llama-gqa"), to, &gguf);
         let imported = tmp.path().join(format!("imported-{to}"));
-        assert_code(&run([Path::new("import-gguf"), &gguf, Path::new("-o"), &imported]), 0);
-        // The quantized matmul also rounds the activations to 8-bit blocks: close to
-        // the dequantized weights' logits, not equal.
-        let (q, d) = (logits_of(&gguf, &ids), logits_of(&imported, &ids));
+        assert_code(&run([Path::new("import-gguf"), &gguf, Path::new("-o"), &imported, Path::new("--dtype"), Path::new("f32")]), 0);
+        // Decoding a few tokens, the block dot products also round the activations to
+        // 8-bit blocks: close to the dequantized weights' logits, not equal.
+        let few = &ids[..ids.len().min(pesc_model::DEQUANTIZED_ROWS - 1)];
+        let (q, d) = (logits_of(&gguf, few), logits_of(&imported, few));
         let diff = max_diff(&q, &d);
         let scale = d.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
         assert!(diff > 0.0 && diff < scale / 20.0, "{to}: {diff} (logits up to {scale})");
+        // A prefill multiplies by the dequantized matrices: the imported model's logits, bit for bit.
+        let many: Vec<u32> = ids.iter().cycle().take(pesc_model::DEQUANTIZED_ROWS + 3).copied().collect();
+        let (q, d) = (logits_of(&gguf, &many), logits_of(&imported, &many));
+        assert!(q.iter().flatten().map(|x| x.to_bits()).eq(d.iter().flatten().map(|x| x.to_bits())), "{to}: prefill differs");
     }
     let pesc = tmp.path().join("pesc");
     craft(&fixture("llama-gqa"), &pesc);

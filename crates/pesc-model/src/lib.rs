@@ -20,7 +20,7 @@ pub mod rope;
 mod transformer;
 mod weights;
 
-pub use linear::{Linear, Lora, Nf4Weight, Weight};
+pub use linear::{Blocks, Linear, Lora, Nf4Weight, Weight, DEQUANTIZED_ROWS};
 pub use transformer::{
     AdapterInput, Layer, LayerCache, LayerRef, LoadOptions, Nf4Policy, Pass, Projection, Role, Routing, Site, Transformer,
 };

@@ -8,13 +8,11 @@
 //! padded batches, hooks dropout into the adapters' input and turns some
 //! linear layers trainable ([`Transformer::linears_mut`]).
 
-use crate::linear::{Linear, Nf4Weight, Weight};
+use crate::linear::{Blocks, Linear, Nf4Weight, Weight};
 use crate::ops::{causal_mask, rms_norm, softmax_last};
 use crate::{rope, ModelError, Result, Weights};
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 use pesc_hf::{ExpertNaming, Moe};
-use pesc_quant::GgmlType;
 use std::sync::Arc;
 
 /// One of the seven frozen projections of a decoder layer (the ones LoRA adapts).
@@ -311,21 +309,10 @@ fn usize_of(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
 
-/// candle's name of a block type.
-fn candle_type(ty: GgmlType) -> Option<GgmlDType> {
-    Some(match ty {
-        GgmlType::Q4_0 => GgmlDType::Q4_0,
-        GgmlType::Q4_1 => GgmlDType::Q4_1,
-        GgmlType::Q5_0 => GgmlDType::Q5_0,
-        GgmlType::Q5_1 => GgmlDType::Q5_1,
-        GgmlType::Q8_0 => GgmlDType::Q8_0,
-        GgmlType::Q2_K => GgmlDType::Q2K,
-        GgmlType::Q3_K => GgmlDType::Q3K,
-        GgmlType::Q4_K => GgmlDType::Q4K,
-        GgmlType::Q5_K => GgmlDType::Q5K,
-        GgmlType::Q6_K => GgmlDType::Q6K,
-        _ => return None,
-    })
+/// The block-quantized matrix `name` read as `raw`.
+fn blocks(name: &str, raw: &pesc_llamacpp::RawTensor, device: &Device) -> Result<Blocks> {
+    let dim = |i: usize| raw.shape.get(i).map_or(1, |&d| usize_of(d));
+    Blocks::new(name, raw.ty, &raw.bytes, (dim(0), dim(1)), device)
 }
 
 struct Loader<'a> {
@@ -346,9 +333,7 @@ impl Loader<'_> {
             return Ok(None);
         }
         let Some(raw) = self.weights.quantized(name)? else { return Ok(None) };
-        let ty = candle_type(raw.ty).ok_or_else(|| ModelError::UnsupportedBlockType { tensor: name.into(), ty: raw.ty })?;
-        let dims = raw.shape.iter().map(|&d| usize_of(d)).collect();
-        Ok(Some(Weight::Quantized(QMatMul::from_qtensor(qtensor_from_ggml(ty, &raw.bytes, dims, self.device)?)?)))
+        Ok(Some(Weight::Quantized(blocks(name, &raw, self.device)?)))
     }
 
     /// Weight matrix `name`; `projection` marks the frozen base projections.
@@ -461,10 +446,7 @@ impl Loader<'_> {
         let range = rows.start as u64..rows.end as u64;
         if self.opts.keep_blocks {
             if let Some(raw) = self.weights.quantized_rows(name, range.clone())? {
-                let ty = candle_type(raw.ty).ok_or_else(|| ModelError::UnsupportedBlockType { tensor: name.into(), ty: raw.ty })?;
-                let dims = raw.shape.iter().map(|&d| usize_of(d)).collect();
-                let q = QMatMul::from_qtensor(qtensor_from_ggml(ty, &raw.bytes, dims, self.device)?)?;
-                return Ok(Linear::new(Weight::Quantized(q), None));
+                return Ok(Linear::new(Weight::Quantized(blocks(name, &raw, self.device)?), None));
             }
         }
         let values = self.weights.read_rows_f32(name, range)?;
@@ -534,34 +516,43 @@ impl Transformer {
     }
 
     /// Bytes layer `l` takes in memory once read, in the compute dtype (GGUF
-    /// block types as stored).
+    /// block types as stored), plus its largest block-quantized matrix in f32,
+    /// which a prefill holds while multiplying by it.
     #[must_use]
     pub fn layer_bytes(&self, l: u64) -> u64 {
+        let (stored, transient) = self.layer_parts(l);
+        stored.saturating_add(transient)
+    }
+
+    /// Layer `l`'s bytes once read, and its largest block-quantized matrix in f32.
+    fn layer_parts(&self, l: u64) -> (u64, u64) {
         let prefix = format!("model.layers.{l}.");
         let size = self.opts.dtype.size_in_bytes() as u64;
         let tensors = self.weights.config().expected_tensors().unwrap_or_default();
-        tensors
-            .iter()
-            .filter(|(n, _)| n.starts_with(&prefix))
-            .map(|(n, _)| self.weights.resident_bytes(n, size))
-            .fold(0u64, u64::saturating_add)
+        let names = || tensors.iter().filter(|(n, _)| n.starts_with(&prefix)).map(|(n, _)| n);
+        let stored = names().map(|n| self.weights.resident_bytes(n, size)).fold(0, u64::saturating_add);
+        (stored, names().map(|n| self.weights.dequantized_bytes(n)).max().unwrap_or(0))
     }
 
-    /// Bytes of the LM head's largest chunk once read.
+    /// Bytes of the LM head's largest chunk once read (and, block-quantized, dequantized for a prefill).
     #[must_use]
     pub fn head_chunk_bytes(&self) -> u64 {
         let rows = self.head_chunks().first().map_or(0, ExactSizeIterator::len) as u64;
-        let whole = self.weights.resident_bytes(self.loader().head_name(), self.opts.dtype.size_in_bytes() as u64);
-        whole / (self.vocab as u64).max(1) * rows
+        let head = self.loader().head_name();
+        let whole = self.weights.resident_bytes(head, self.opts.dtype.size_in_bytes() as u64);
+        whole.saturating_add(self.weights.dequantized_bytes(head)) / (self.vocab as u64).max(1) * rows
     }
 
     /// Bytes every weight takes in memory once read (what [`Transformer::load`] holds).
     #[must_use]
     pub fn resident_bytes(&self) -> u64 {
         let size = self.opts.dtype.size_in_bytes() as u64;
-        let layers = (0..self.num_layers as u64).map(|l| self.layer_bytes(l)).fold(0u64, u64::saturating_add);
+        let (stored, transient) = (0..self.num_layers as u64)
+            .map(|l| self.layer_parts(l))
+            .fold((0u64, 0u64), |(s, t), (ls, lt)| (s.saturating_add(ls), t.max(lt)));
         let head = self.weights.resident_bytes(self.loader().head_name(), size);
-        layers.saturating_add(head).saturating_add(self.weights.resident_bytes("model.embed_tokens.weight", size))
+        let embed = self.weights.resident_bytes("model.embed_tokens.weight", size);
+        stored.saturating_add(transient).saturating_add(head).saturating_add(embed)
     }
 
     /// Vocabulary size.

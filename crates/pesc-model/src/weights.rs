@@ -223,6 +223,17 @@ impl Weights {
         }
     }
 
+    /// Bytes of `name` dequantized to f32 for a prefill when it is a GGUF block type; else 0.
+    #[must_use]
+    pub fn dequantized_bytes(&self, name: &str) -> u64 {
+        match self.source() {
+            Source::Gguf(g) if g.stored(name).is_some_and(|t| !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)) => {
+                self.shape_of(name).and_then(|s| pesc_tensor::numel(&s)).unwrap_or(0).saturating_mul(4)
+            }
+            _ => 0,
+        }
+    }
+
     /// Rows `rows` (along the first dimension) of `name` as f32 values.
     pub fn read_rows_f32(&self, name: &str, rows: std::ops::Range<u64>) -> Result<Vec<f32>> {
         match self.source() {
