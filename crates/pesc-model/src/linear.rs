@@ -50,11 +50,11 @@ impl Blocks {
         Ok(Blocks { matmul: QMatMul::from_qtensor(q)?, ty, shape })
     }
 
-    /// `x W^T` for `x` `[n, in]`, in `x`'s dtype.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x W^T` for `x` `[n, in]`, in `x`'s dtype, `x` being (part of) a batch of `tokens` rows.
+    fn forward(&self, x: &Tensor, tokens: usize) -> candle_core::Result<Tensor> {
         let x32 = x.to_dtype(DType::F32)?;
         let y = match &self.matmul {
-            QMatMul::QTensor(q) if x.device().is_cpu() && x.dim(0)? >= DEQUANTIZED_ROWS => {
+            QMatMul::QTensor(q) if x.device().is_cpu() && tokens >= DEQUANTIZED_ROWS => {
                 let bytes = q.data()?;
                 let (rows, cols) = self.shape;
                 let row_bytes = bytes.len() / rows.max(1);
@@ -189,9 +189,16 @@ impl Linear {
 
     /// `x W^T`, plus the LoRA delta and the bias when present; `x` is `[n, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_in(x, x.dim(0)?)
+    }
+
+    /// [`Linear::forward`] of rows `x` taken from a batch of `tokens` rows (an
+    /// expert's share): a block-quantized product is computed as for the whole
+    /// batch (see [`DEQUANTIZED_ROWS`]), so every token of a prefill gets the same arithmetic.
+    pub fn forward_in(&self, x: &Tensor, tokens: usize) -> Result<Tensor> {
         let mut y = match &self.weight {
             Weight::Frozen(_) | Weight::Nf4(_) => frozen_matmul(x, &self.weight)?,
-            Weight::Quantized(b) => b.forward(x)?,
+            Weight::Quantized(b) => b.forward(x, tokens)?,
             Weight::Trainable(w) => x.matmul(&w.as_tensor().t()?)?,
         };
         if let Some(l) = &self.lora {

@@ -137,7 +137,12 @@ struct Mlp {
 impl Mlp {
     /// `down(silu(gate(h)) * up(h))`.
     fn forward(&self, h: &Tensor) -> Result<Tensor> {
-        self.down.forward(&(self.gate.forward(h)?.silu()? * self.up.forward(h)?)?)
+        self.forward_in(h, h.dim(0)?)
+    }
+
+    /// [`Mlp::forward`] of an expert's share `h` of a batch of `tokens` rows.
+    fn forward_in(&self, h: &Tensor, tokens: usize) -> Result<Tensor> {
+        self.down.forward_in(&(self.gate.forward_in(h, tokens)?.silu()? * self.up.forward_in(h, tokens)?)?, tokens)
     }
 }
 
@@ -702,6 +707,7 @@ impl Transformer {
         let a = self.attention(&layer.attn, &h, pass, cache)?;
         let x = (x + a)?;
         let h = rms_norm(&x, &layer.post_norm, self.eps)?;
+        let tokens = h.dim(0)?;
         let (y, routing) = match &layer.ffn {
             Ffn::Dense(mlp) => (mlp.forward(&h)?, None),
             Ffn::Pesc { mlp, router, experts, top_k, scaling } => {
@@ -713,14 +719,14 @@ impl Transformer {
                         Some(hook) => hook(j, rows)?,
                         None => rows.clone(),
                     };
-                    a.up.forward(&a.down.forward(&input)?.gelu_erf()?)
+                    a.up.forward_in(&a.down.forward_in(&input, tokens)?.gelu_erf()?, tokens)
                 })?;
                 // Residual form: with zero adapters `adapted` is exactly 0 and y == f.
                 ((f + (adapted * *scaling)?)?, Some(routing))
             }
             Ffn::Mixtral { gate, experts, top_k } => {
                 let routing = Routing::top_k(gate.forward(&h)?, *top_k)?;
-                (routing.mix(&h, experts.len(), &|j, rows| experts[j].forward(rows))?, Some(routing))
+                (routing.mix(&h, experts.len(), &|j, rows| experts[j].forward_in(rows, tokens))?, Some(routing))
             }
         };
         Ok(((x + y)?, routing))
