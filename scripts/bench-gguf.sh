@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# GGUF export and GGUF inference against llama.cpp, same machine, same run (not in CI).
+# GGUF export against llama.cpp, same machine, same run (not in CI). GGUF inference speed: scripts/bench-runner.sh.
 #
 #   scripts/bench-gguf.sh [MODEL]      # MODEL: a dense llama folder, default work/smollm2 (scripts/quickstart.sh)
 #
 # 1. `pesc-convert quantize MODEL --to q8_0` against llama.cpp's `convert_hf_to_gguf.py --outtype q8_0`, and
 #    `--to q4_k_m` against llama.cpp's only route to it: `convert_hf_to_gguf.py --outtype f32` then
 #    `llama-quantize` (llama_model_quantize, Q4_K_M). Wall time, best of REPS (default 3), page cache warm.
-# 2. Decode tokens/s on the q8_0 file: `pesc-convert`'s runner (the `runner` bench, f32 compute) against
-#    llama.cpp (llama-cpp-python, f32 KV cache, greedy), both on all cores, 128-token prompt, 64 new tokens.
 #
 # Uses what scripts/llama-cpp-check.sh installs into .cache/ (run it once first).
 set -euo pipefail
@@ -53,22 +51,3 @@ ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2
 echo "quantize --to q8_0:   pesc-convert ${ours_q8}s, convert_hf_to_gguf.py --outtype q8_0 ${conv_q8}s ($(ratio "$conv_q8" "$ours_q8") faster)"
 echo "quantize --to q4_k_m: pesc-convert ${ours_q4}s, convert_hf_to_gguf.py f32 + llama-quantize ${conv_q4}s ($(ratio "$conv_q4" "$ours_q4") faster); llama-quantize alone ${lq_q4}s"
 
-echo "== decode on the q8_0 file"
-PESC_BENCH_MODEL="$TMP/ours-q8_0.gguf" PESC_BENCH_DTYPES=f32 cargo bench -q -p pesc-runner --bench runner 2>/dev/null
-"$VENV/bin/python" - "$TMP/ours-q8_0.gguf" <<'PY'
-import os, statistics, sys, time
-import llama_cpp
-llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=512, n_batch=512, n_threads=os.cpu_count(), verbose=False, type_k=0, type_v=0)
-vocab = llm.n_vocab()
-prompt = [(i * 7919 + 13) % vocab for i in range(128)]
-pre, dec = [], []
-for _ in range(3):
-    llm.reset()
-    t = time.perf_counter(); llm.eval(prompt); pre.append(len(prompt) / (time.perf_counter() - t))
-    t = time.perf_counter()
-    for _ in range(64):
-        nxt = int(llm.scores[llm.n_tokens - 1].argmax())
-        llm.eval([nxt])
-    dec.append(64 / (time.perf_counter() - t))
-print(f"llama.cpp: prefill {statistics.median(pre):.1f} tokens/s, decode {statistics.median(dec):.1f} tokens/s")
-PY

@@ -1,50 +1,90 @@
 #!/usr/bin/env bash
-# Runner throughput against transformers on PyTorch CPU, same machine, same run.
+# Runner throughput against transformers (folders) and llama.cpp (GGUF files), same machine, same run, same
+# thread count, same token ids (not in CI): prefill of N=256 tokens (what a gate, `verify` or `logits`, spends
+# its compute on) and greedy decoding of 64 tokens after it (what `run` spends it on), medians of 3.
 #
-# The model has SmolLM2-135M-Instruct's exact shapes (30 layers, hidden 576,
-# 9 heads / 3 KV heads, FFN 1536, vocab 49152, tied embeddings) with random
-# weights: speed does not depend on the values. Prints prefill (128-token
-# prompt) and decode (64 tokens) tokens/s, f32 and bf16, median of 3 runs.
+#   scripts/bench-runner.sh [MODEL]     # MODEL: a dense llama folder, default work/smollm2 (scripts/quickstart.sh)
+#
+# 1. Folders (MODEL as stored, and resharded to bf16): `pesc-convert logits` end to end (streamed: reads the
+#    weights, converts, computes) against transformers' from_pretrained + first forward (f32 and bf16 compute),
+#    then prefill and decode alone: the `runner` bench (resident) against transformers (eager attention, KV cache).
+# 2. GGUF (MODEL quantized to q8_0 and q4_k_m by pesc-convert): the `runner` bench against llama.cpp
+#    (llama-cpp-python, the build scripts/llama-cpp-check.sh installs into .cache/).
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bash scripts/py-env.sh >&2
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-py="$root/.venv/bin/python"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+MODEL="$(cd "${1:-work/smollm2}" && pwd)"
+N="${N:-256}"
+THREADS="${THREADS:-$(nproc)}"
+export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS"
+scripts/py-env.sh
+cargo build --release -q
+BIN="$ROOT/target/release/pesc-convert"
+TMP="$(mktemp -d -t pesc-bench-runner-XXXXXX)"
+trap 'rm -rf "$TMP"' EXIT
+ids=$(python3 -c "import json,sys; v=json.load(open(sys.argv[1]))['vocab_size']; print(','.join(str((i*7919+13)%v) for i in range($N)))" "$MODEL/config.json")
+"$BIN" reshard "$MODEL" -o "$TMP/bf16" --dtype bf16 >/dev/null 2>&1
+"$BIN" quantize "$MODEL" --to q8_0 -o "$TMP/q8_0.gguf" >/dev/null 2>&1
+"$BIN" quantize "$MODEL" --to q4_k_m -o "$TMP/q4_k_m.gguf" >/dev/null 2>&1
+echo "== $(nproc) cores ($THREADS threads), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(basename "$MODEL"); $N tokens"
 
-"$py" - "$work/smollm2-shaped" <<'PY'
-import sys, torch
-from transformers import LlamaConfig, LlamaForCausalLM
-torch.manual_seed(0)
-cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                  num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                  rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, max_position_embeddings=8192)
-LlamaForCausalLM(cfg).save_pretrained(sys.argv[1])
-PY
-
-echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-PESC_BENCH_MODEL="$work/smollm2-shaped" cargo bench -q -p pesc-runner --bench runner 2>/dev/null
-
-"$py" - "$work/smollm2-shaped" <<'PY'
-import sys, time, statistics, torch
+wall() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.2f}')" "$s" "$e"; }
+for folder in "$MODEL" "$TMP/bf16"; do
+    for dtype in f32 bf16; do
+        echo "pesc-convert logits ($(basename "$folder") folder, $dtype compute), end to end: $(wall "$BIN" logits "$folder" --token-ids "$ids" -o "$TMP/l.st" --force --dtype "$dtype") s"
+    done
+    PESC_BENCH_MODEL="$folder" PESC_BENCH_PROMPT="$N" cargo bench -q -p pesc-runner --bench runner 2>/dev/null | sed "s/^/($(basename "$folder") folder) /"
+    .venv/bin/python - "$folder" "$N" "$THREADS" <<'PY'
+import statistics, sys, time, torch
 from transformers import AutoModelForCausalLM
-torch.manual_seed(0)
+path, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
 for name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
-    m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=dtype, attn_implementation="eager").eval()
-    prompt = torch.tensor([[(i * 7919 + 13) % 49152 for i in range(128)]])
+    t0 = time.perf_counter()
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager").eval()
+    ids = torch.tensor([[(i * 7919 + 13) % m.config.vocab_size for i in range(n)]])
     pre, dec = [], []
     with torch.no_grad():
         for _ in range(3):
             t = time.perf_counter()
-            out = m(prompt, use_cache=True)
-            pre.append(128 / (time.perf_counter() - t))
+            out = m(ids, use_cache=True)
+            pre.append(n / (time.perf_counter() - t))
+            if len(pre) == 1:
+                end_to_end = time.perf_counter() - t0
             past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
             t = time.perf_counter()
             for _ in range(64):
                 out = m(nxt, past_key_values=past, use_cache=True)
                 past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
             dec.append(64 / (time.perf_counter() - t))
-    print(f"transformers {name} (torch {torch.__version__}, {torch.get_num_threads()} threads): "
+    print(f"transformers {name} ({path.rsplit('/', 1)[-1]} folder): end to end {end_to_end:.2f} s; "
           f"prefill {statistics.median(pre):.1f} tokens/s, decode {statistics.median(dec):.1f} tokens/s")
 PY
+done
+
+VENV="$ROOT/.cache/llama-cpp-venv"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "(llama.cpp: run scripts/llama-cpp-check.sh once to install it)"
+    exit 0
+fi
+for q in q8_0 q4_k_m; do
+    PESC_BENCH_MODEL="$TMP/$q.gguf" PESC_BENCH_DTYPES=f32 PESC_BENCH_PROMPT="$N" cargo bench -q -p pesc-runner --bench runner 2>/dev/null | sed "s/^/($q) /"
+    "$VENV/bin/python" - "$TMP/$q.gguf" "$N" "$THREADS" <<'PY'
+import statistics, sys, time
+import llama_cpp
+path, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+llm = llama_cpp.Llama(model_path=path, n_ctx=max(512, 2 * n), n_batch=n, n_ubatch=n, n_threads=threads, n_threads_batch=threads, verbose=False, type_k=0, type_v=0)
+prompt = [(i * 7919 + 13) % llm.n_vocab() for i in range(n)]
+pre, dec = [], []
+for _ in range(3):
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(prompt)
+    pre.append(n / (time.perf_counter() - t))
+    t = time.perf_counter()
+    for _ in range(64):
+        llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+    dec.append(64 / (time.perf_counter() - t))
+print(f"({path.rsplit('/', 1)[-1].split('.')[0]}) llama.cpp: prefill {statistics.median(pre):.1f} tokens/s, decode {statistics.median(dec):.1f} tokens/s")
+PY
+done

@@ -1,10 +1,10 @@
-//! Prefill and decode throughput of the runner on a model folder.
+//! Prefill and decode throughput of the runner on a model folder or GGUF file.
 //!
 //! `PESC_BENCH_MODEL=DIR|FILE.gguf cargo bench -p pesc-runner --bench runner`
 //! prints, for f32 and bf16 (or those `PESC_BENCH_DTYPES=f32,bf16` names):
-//! prefill tokens/s for a 128-token prompt (`PESC_BENCH_PROMPT` tokens) and decode tokens/s for 64 tokens
-//! after it (median of 3 runs). `scripts/bench-runner.sh` runs
-//! it next to transformers on the same model.
+//! prefill tokens/s for a prompt of `PESC_BENCH_PROMPT` tokens (default 128) and decode
+//! tokens/s for 64 tokens after it (median of 3 runs). `scripts/bench-runner.sh` runs
+//! it next to transformers and llama.cpp on the same model.
 
 #![allow(clippy::print_stdout, missing_docs)]
 
@@ -18,7 +18,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let Ok(dir) = std::env::var("PESC_BENCH_MODEL") else {
-        println!("set PESC_BENCH_MODEL to a model folder (scripts/bench-runner.sh makes one)");
+        println!("set PESC_BENCH_MODEL to a model folder or GGUF file (scripts/bench-runner.sh does)");
         return;
     };
     let model = pesc_model::Weights::open(std::path::Path::new(&dir)).expect("model folder or GGUF file");
