@@ -34,6 +34,9 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let vocab = match &summary.vocab {
         pesc_llamacpp::VocabKind::None => "no tokenizer (tokenizer.ggml.model = none)".to_owned(),
         pesc_llamacpp::VocabKind::Bpe { pre, tokens } => format!("{} tokens, pre-tokenizer `{pre}`", output::thousands(*tokens as u64)),
+        pesc_llamacpp::VocabKind::Spm { source, tokens } => {
+            format!("{} tokens, SentencePiece from {source}", output::thousands(*tokens as u64))
+        }
     };
     let fell = if fallbacks > 0 { format!("; {fallbacks} by shape fallback") } else { String::new() };
     output::note(&format!(

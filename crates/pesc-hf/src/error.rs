@@ -99,6 +99,16 @@ pub enum HfError {
         /// What the tokenizer reported.
         message: String,
     },
+    /// A SentencePiece `tokenizer.model` that is malformed or not supported.
+    #[error("`{path}`: {field}: {problem}")]
+    SentencePiece {
+        /// The model file.
+        path: PathBuf,
+        /// The protobuf field at fault (`pieces[7]`, `trainer_spec.model_type`).
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The model has no chat template.
     #[error("`{path}`: the model has no chat template")]
     NoChatTemplate {

@@ -14,8 +14,9 @@
 //! - [`output`]: what an output folder shares: `config.json`, the stored
 //!   dtype's name, the tokenizer files copied along, publishing.
 //! - [`peft`]: PEFT LoRA adapters. [`TextModel`]: `tokenizer.json` and chat
-//!   templates. [`Card`]: the Hub model card. [`Summary`]: what `inspect`
-//!   reports.
+//!   templates. [`spm`]: SentencePiece vocabularies (`tokenizer.model`, and
+//!   the `tokenizer.json` transformers uses for them). [`Card`]: the Hub model
+//!   card. [`Summary`]: what `inspect` reports.
 
 pub mod card;
 mod config;
@@ -25,6 +26,7 @@ pub mod names;
 pub mod nf4;
 pub mod output;
 pub mod peft;
+pub mod spm;
 mod summary;
 mod text;
 

@@ -1,6 +1,7 @@
-//! Text in and out: `tokenizer.json` through the `tokenizers` crate, and the
+//! Text in and out: `tokenizer.json` (or a SentencePiece `tokenizer.model`) through the `tokenizers` crate, and the
 //! model's chat template (Jinja, as transformers' `apply_chat_template`).
 
+use crate::spm::SpmModel;
 use crate::HfError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -47,18 +48,31 @@ fn read_json(dir: &Path, name: &str) -> Result<Option<Value>, HfError> {
 }
 
 impl TextModel {
-    /// Loads `dir/tokenizer.json`, the chat template (`chat_template.jinja`,
+    /// Loads `dir/tokenizer.json` (else `dir/tokenizer.model`), the chat template (`chat_template.jinja`,
     /// else `tokenizer_config.json`'s `chat_template`), the special tokens and
     /// the end-of-sequence ids (`generation_config.json`, else the tokenizer's).
     pub fn load(dir: &Path) -> Result<Self, HfError> {
-        let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Err(HfError::NoTokenizer { path });
-        }
-        pesc_io::confined(dir, &path)?;
-        let bytes = pesc_io::read_capped(&path, 256 << 20)?;
-        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| HfError::Tokenizer { path: path.clone(), message: e.to_string() })?;
         let config = read_json(dir, "tokenizer_config.json")?.unwrap_or(Value::Null);
+        let mut path = dir.join("tokenizer.json");
+        let sp_path = dir.join("tokenizer.model");
+        let bytes = if path.is_file() {
+            pesc_io::confined(dir, &path)?;
+            pesc_io::read_capped(&path, 256 << 20)?
+        } else if sp_path.is_file() {
+            // A SentencePiece model alone: the tokenizer.json transformers would build for it.
+            pesc_io::confined(dir, &sp_path)?;
+            let mut vocab = SpmModel::read(&sp_path)?.vocab();
+            let flag = |key: &str| config.get(key).and_then(Value::as_bool);
+            vocab.add_bos = flag("add_bos_token").unwrap_or(vocab.add_bos);
+            vocab.add_eos = flag("add_eos_token").unwrap_or(vocab.add_eos);
+            vocab.add_space_prefix = flag("add_prefix_space").unwrap_or(vocab.add_space_prefix);
+            vocab.check().map_err(|(field, problem)| HfError::SentencePiece { path: sp_path.clone(), field: field.into(), problem })?;
+            path = sp_path;
+            serde_json::to_vec(&vocab.tokenizer_json()).unwrap_or_default()
+        } else {
+            return Err(HfError::NoTokenizer { path });
+        };
+        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| HfError::Tokenizer { path: path.clone(), message: e.to_string() })?;
         let jinja = dir.join("chat_template.jinja");
         let template = if jinja.is_file() {
             pesc_io::confined(dir, &jinja)?;

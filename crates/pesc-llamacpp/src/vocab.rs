@@ -67,15 +67,12 @@
 
 use crate::LlamaCppError;
 use pesc_gguf::{GgufFile, MetadataError, StringArray, Value};
+use pesc_hf::spm::piece_type::{self, CONTROL, NORMAL, UNUSED, USER_DEFINED};
+use pesc_hf::spm::{SpmModel, SpmVocab};
 use pesc_hf::ModelConfig;
 use serde_json::{json, Map, Value as Json};
 use std::path::Path;
 
-/// `tokenizer.ggml.token_type` values (gguf-py `TokenType`).
-const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
-const UNUSED: i32 = 5;
 
 /// The GPT-2 split as Llama 3's `tokenizer.json` spells it (and as byte-level BPE applies it with `use_regex`).
 const LLAMA3_SPLIT: &str =
@@ -96,6 +93,8 @@ pub struct GgufVocab {
     pub tokens: Vec<String>,
     /// `tokenizer.ggml.token_type` (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
     pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.scores` (SentencePiece vocabularies).
+    pub scores: Vec<f32>,
     /// `tokenizer.ggml.merges`.
     pub merges: Vec<String>,
     /// Special token ids.
@@ -106,8 +105,12 @@ pub struct GgufVocab {
     pub unk: Option<u32>,
     /// Padding.
     pub pad: Option<u32>,
-    /// `tokenizer.ggml.add_bos_token`.
+    /// `tokenizer.ggml.add_bos_token` (absent: true for `llama`, false for `gpt2`, as llama.cpp).
     pub add_bos: bool,
+    /// `tokenizer.ggml.add_eos_token`.
+    pub add_eos: bool,
+    /// `tokenizer.ggml.add_space_prefix` (absent: true for `llama`, as llama.cpp).
+    pub add_space_prefix: bool,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
     /// `<arch>.context_length`.
@@ -168,17 +171,24 @@ impl GgufVocab {
         } else {
             Vec::new()
         };
+        let scores =
+            if md.contains("tokenizer.ggml.scores") { md.get_f32_array("tokenizer.ggml.scores").map_err(|e| meta(file, e))?.to_vec() } else { Vec::new() };
+        let flag = |key: &str| md.opt_bool(key).map_err(|e| meta(file, e));
+        let spm = model == "llama";
         Ok(Some(GgufVocab {
             model: model.to_owned(),
             pre: md.opt_str("tokenizer.ggml.pre").map_err(|e| meta(file, e))?.map(str::to_owned),
             tokens: strings("tokenizer.ggml.tokens")?,
             token_types,
+            scores,
             merges: strings("tokenizer.ggml.merges")?,
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
             unk: id("tokenizer.ggml.unknown_token_id")?,
             pad: id("tokenizer.ggml.padding_token_id")?,
-            add_bos: md.opt_bool("tokenizer.ggml.add_bos_token").map_err(|e| meta(file, e))?.unwrap_or(false),
+            add_bos: flag("tokenizer.ggml.add_bos_token")?.unwrap_or(spm),
+            add_eos: flag("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix")?.unwrap_or(spm),
             chat_template: md.opt_str("tokenizer.chat_template").map_err(|e| meta(file, e))?.map(str::to_owned),
             context_length: context,
         }))
@@ -193,8 +203,15 @@ impl GgufVocab {
 
 /// Builds `(tokenizer.json, tokenizer_config.json)`; an error names the key at fault.
 fn hf_tokenizer(v: &GgufVocab) -> Result<(Json, Json), (&'static str, String)> {
-    if v.model != "gpt2" {
-        return Err(("tokenizer.ggml.model", format!("`{}` is not supported for import (only byte-level BPE, `gpt2`)", v.model)));
+    match v.model.as_str() {
+        "gpt2" => {}
+        "llama" => return spm_tokenizer(v),
+        other => {
+            return Err((
+                "tokenizer.ggml.model",
+                format!("`{other}` is not supported for import (supported: `llama`, SentencePiece; `gpt2`, byte-level BPE)"),
+            ))
+        }
     }
     if !v.token_types.is_empty() && v.token_types.len() != v.tokens.len() {
         return Err(("tokenizer.ggml.token_type", format!("has {} entries for {} tokens", v.token_types.len(), v.tokens.len())));
@@ -268,6 +285,31 @@ fn hf_tokenizer(v: &GgufVocab) -> Result<(Json, Json), (&'static str, String)> {
     Ok((tokenizer, config))
 }
 
+/// A SentencePiece vocabulary: transformers' legacy Llama tokenizer over the
+/// same tokens, merges ordered by score (see [`pesc_hf::spm`]).
+fn spm_tokenizer(v: &GgufVocab) -> Result<(Json, Json), (&'static str, String)> {
+    if v.scores.is_empty() {
+        return Err(("tokenizer.ggml.scores", "is missing; a `llama` (SentencePiece) vocabulary merges by its scores".into()));
+    }
+    if v.token_types.is_empty() {
+        return Err(("tokenizer.ggml.token_type", "is missing; a `llama` (SentencePiece) vocabulary needs its token types".into()));
+    }
+    let spm = SpmVocab {
+        tokens: v.tokens.clone(),
+        scores: v.scores.clone(),
+        types: v.token_types.clone(),
+        unk: v.unk,
+        bos: v.bos,
+        eos: v.eos,
+        pad: v.pad,
+        add_bos: v.add_bos,
+        add_eos: v.add_eos,
+        add_space_prefix: v.add_space_prefix,
+    };
+    spm.check()?;
+    Ok((spm.tokenizer_json(), spm.tokenizer_config(v.context_length, v.chat_template.as_deref())))
+}
+
 /// Largest tokenizer file read (Llama 3's `tokenizer.json` is 9 MB).
 const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
@@ -298,36 +340,46 @@ pub enum VocabKind {
         /// Number of tokens written.
         tokens: usize,
     },
+    /// SentencePiece (`tokenizer.ggml.model = llama`).
+    Spm {
+        /// The file it was read from: `tokenizer.model` or `tokenizer.json`.
+        source: &'static str,
+        /// Number of tokens written.
+        tokens: usize,
+    },
 }
 
 /// The `tokenizer.*` metadata of the model folder `dir` (with its `config`),
 /// in the converter's order, and what kind of vocabulary it is.
 pub fn from_folder(dir: &Path, config: &ModelConfig) -> Result<(Vec<(String, Value)>, VocabKind), LlamaCppError> {
     let tokenizer_path = dir.join("tokenizer.json");
-    if !tokenizer_path.is_file() {
-        if dir.join("tokenizer.model").is_file() {
-            return Err(LlamaCppError::Tokenizer {
-                path: dir.join("tokenizer.model"),
-                problem: "a SentencePiece tokenizer (tokenizer.model) without tokenizer.json is not supported for GGUF export yet".into(),
-            });
-        }
-        return Ok((vec![("tokenizer.ggml.model".into(), Value::from("none"))], VocabKind::None));
-    }
-    let tokenizer = read_json(dir, "tokenizer.json")?;
+    let tokenizer = if tokenizer_path.is_file() { Some(read_json(dir, "tokenizer.json")?) } else { None };
     let tokenizer_config = if dir.join("tokenizer_config.json").is_file() { Some(read_json(dir, "tokenizer_config.json")?) } else { None };
     let err = |problem: String| LlamaCppError::Tokenizer { path: tokenizer_path.clone(), problem };
-    let tj = tokenizer.as_object().ok_or_else(|| err("is not a JSON object".into()))?;
+    let tj = match &tokenizer {
+        Some(t) => Some(t.as_object().ok_or_else(|| err("is not a JSON object".into()))?),
+        None => None,
+    };
     let tc = tokenizer_config.as_ref().and_then(Json::as_object);
-
+    // As the converter: a SentencePiece model wins over tokenizer.json.
+    let sp_path = dir.join("tokenizer.model");
+    if sp_path.is_file() {
+        pesc_io::confined(dir, &sp_path)?;
+        let sp = SpmModel::read(&sp_path)?;
+        let vocab = spm_from_model(&sp, dir, tc, config.vocab_size)?;
+        return spm_metadata(vocab, "tokenizer.model", dir, tj, tc, config);
+    }
+    let Some(tj) = tj else {
+        return Ok((vec![("tokenizer.ggml.model".into(), Value::from("none"))], VocabKind::None));
+    };
     let model = tj.get("model").and_then(Json::as_object).ok_or_else(|| err("has no `model` object".into()))?;
     let model_type = model.get("type").and_then(Json::as_str).unwrap_or("");
     if model_type != "BPE" {
-        return Err(err(format!("tokenizer model `{model_type}` is not supported for GGUF export (only byte-level BPE)")));
+        return Err(err(format!("tokenizer model `{model_type}` is not supported for GGUF export (only BPE)")));
     }
     if model.get("byte_fallback").and_then(Json::as_bool) == Some(true) {
-        return Err(err(
-            "is a SentencePiece-style BPE (byte_fallback), which llama.cpp stores as a `llama` vocabulary; not supported for GGUF export yet".into(),
-        ));
+        let vocab = spm_from_json(tj, model, tc, config.vocab_size).map_err(err)?;
+        return spm_metadata(vocab, "tokenizer.json", dir, Some(tj), tc, config);
     }
     if !matches!(tj.get("normalizer"), None | Some(Json::Null)) {
         return Err(err(format!(
@@ -352,6 +404,19 @@ pub fn from_folder(dir: &Path, config: &ModelConfig) -> Result<(Vec<(String, Val
     if !merges.is_empty() {
         md.push(("tokenizer.ggml.merges".into(), Value::from(merges)));
     }
+    special_and_template(&mut md, dir, Some(tj), tc, config)?;
+    Ok((md, VocabKind::Bpe { pre, tokens: n_tokens }))
+}
+
+/// Special token ids, `add_*_token` flags and the chat template (gguf-py's
+/// `SpecialVocab`), then the converter's per-model overrides.
+fn special_and_template(
+    md: &mut Vec<(String, Value)>,
+    dir: &Path,
+    tj: Option<&Map<String, Json>>,
+    tc: Option<&Map<String, Json>>,
+    config: &ModelConfig,
+) -> Result<(), LlamaCppError> {
     let special = special_vocab(tj, tc, &config.raw, config.vocab_size, dir)?;
     for (kind, id) in &special.ids {
         let key = SPECIAL_KINDS.iter().find(|(k, _)| k == kind).map_or("", |(_, key)| key);
@@ -363,13 +428,225 @@ pub fn from_folder(dir: &Path, config: &ModelConfig) -> Result<(Vec<(String, Val
     if let Some(t) = chat_template(dir, tc)? {
         md.push(("tokenizer.chat_template".into(), Value::String(t)));
     }
+    // CodeLlama's infill tokens, as the converter sets them for its 32016-token vocabulary.
+    if config.vocab_size == 32_016 {
+        for (kind, id) in [("prefix", 32_007u32), ("suffix", 32_008), ("middle", 32_009), ("eot", 32_010)] {
+            md.push((format!("tokenizer.ggml.{kind}_token_id"), Value::U32(id)));
+        }
+    }
     if config.vocab_size == 49_152 {
         match md.iter_mut().find(|(k, _)| k == "tokenizer.ggml.add_bos_token") {
             Some(entry) => entry.1 = Value::Bool(false),
             None => md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(false))),
         }
     }
-    Ok((md, VocabKind::Bpe { pre, tokens: n_tokens }))
+    Ok(())
+}
+
+/// A SentencePiece vocabulary written as the converter writes a `llama` one.
+fn spm_metadata(
+    vocab: SpmVocab,
+    source: &'static str,
+    dir: &Path,
+    tj: Option<&Map<String, Json>>,
+    tc: Option<&Map<String, Json>>,
+    config: &ModelConfig,
+) -> Result<(Vec<(String, Value)>, VocabKind), LlamaCppError> {
+    vocab.check().map_err(|(key, problem)| LlamaCppError::Tokenizer { path: dir.join(source), problem: format!("{key}: {problem}") })?;
+    let mut md: Vec<(String, Value)> = Vec::new();
+    // The converter writes the flag from tokenizer_config.json only; a vocabulary
+    // without the prefix space gets it too, or llama.cpp would add one.
+    match tc.and_then(|c| c.get("add_prefix_space")).and_then(Json::as_bool) {
+        Some(b) => md.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(b))),
+        None if !vocab.add_space_prefix => md.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false))),
+        None => {}
+    }
+    md.push(("tokenizer.ggml.model".into(), Value::from("llama")));
+    md.push(("tokenizer.ggml.pre".into(), Value::from("default")));
+    let n_tokens = vocab.tokens.len();
+    let mut tokens = StringArray::with_capacity(n_tokens, 0);
+    for t in &vocab.tokens {
+        tokens.push(t);
+    }
+    md.push(("tokenizer.ggml.tokens".into(), Value::from(tokens)));
+    md.push(("tokenizer.ggml.scores".into(), Value::from(vocab.scores)));
+    md.push(("tokenizer.ggml.token_type".into(), Value::from(vocab.types)));
+    special_and_template(&mut md, dir, tj, tc, config)?;
+    Ok((md, VocabKind::Spm { source, tokens: n_tokens }))
+}
+
+/// `_create_vocab_sentencepiece`: the model's pieces up to `vocab_size`, then
+/// `added_tokens.json` and `tokenizer_config.json`'s `added_tokens_decoder`
+/// over them; ids without a piece are `[PAD{id}]`.
+fn spm_from_model(sp: &SpmModel, dir: &Path, tc: Option<&Map<String, Json>>, vocab_size: u64) -> Result<SpmVocab, LlamaCppError> {
+    let n = usize::try_from(vocab_size).map_err(|_| LlamaCppError::Tokenizer {
+        path: dir.join("config.json"),
+        problem: format!("vocab_size {vocab_size} is too large"),
+    })?;
+    let mut v = sp.vocab();
+    v.tokens = (0..n).map(|i| format!("[PAD{i}]")).collect();
+    v.scores = vec![-10_000.0; n];
+    v.types = vec![UNUSED; n];
+    for (i, p) in sp.pieces.iter().enumerate().take(n) {
+        v.tokens[i].clone_from(&p.text);
+        v.scores[i] = p.score;
+        v.types[i] = match p.kind {
+            piece_type::UNKNOWN | piece_type::CONTROL | piece_type::UNUSED | piece_type::BYTE => p.kind,
+            _ => NORMAL,
+        };
+    }
+    let added_path = dir.join("added_tokens.json");
+    if added_path.is_file() {
+        let added = read_json(dir, "added_tokens.json")?;
+        let bad = |problem: String| LlamaCppError::Tokenizer { path: added_path.clone(), problem };
+        for (content, id) in added.as_object().ok_or_else(|| bad("is not a JSON object".into()))? {
+            let id = id.as_u64().ok_or_else(|| bad(format!("token {content:?} has id {id}, not a non-negative integer")))?;
+            if let Some(i) = usize::try_from(id).ok().filter(|&i| i < n) {
+                v.tokens[i].clone_from(content);
+                v.scores[i] = -1000.0;
+                v.types[i] = USER_DEFINED;
+            }
+        }
+    }
+    if let Some(decoder) = tc.and_then(|c| c.get("added_tokens_decoder")).and_then(Json::as_object) {
+        let bad = |problem: String| LlamaCppError::Tokenizer { path: dir.join("tokenizer_config.json"), problem };
+        for (id, entry) in decoder {
+            let i: usize = id.parse().map_err(|_| bad(format!("added_tokens_decoder key {id:?} is not a token id")))?;
+            let content = entry.get("content").and_then(Json::as_str).ok_or_else(|| bad(format!("added_tokens_decoder[{id}] has no content")))?;
+            if i >= n {
+                continue;
+            }
+            let special = entry.get("special").and_then(Json::as_bool).unwrap_or(false);
+            let (text, ty) = if special || looks_special(content) {
+                (content.to_owned(), CONTROL)
+            } else {
+                (content.replace('\u{2581}', " "), USER_DEFINED)
+            };
+            v.tokens[i] = text;
+            v.scores[i] = -1000.0;
+            v.types[i] = ty;
+        }
+    }
+    if !sp.add_dummy_prefix {
+        v.add_space_prefix = false;
+    }
+    Ok(v)
+}
+
+/// A SentencePiece-style BPE `tokenizer.json` (byte fallback) without its
+/// `tokenizer.model`. llama.cpp's converter writes every score as -1000 here,
+/// which its tokenizer then merges left to right, not by rank; the scores
+/// written instead rank each token by the first merge producing it, so that
+/// llama.cpp merges in the order the BPE does.
+fn spm_from_json(tj: &Map<String, Json>, model: &Map<String, Json>, tc: Option<&Map<String, Json>>, vocab_size: u64) -> Result<SpmVocab, String> {
+    let add_space_prefix = spm_prefix_space(tj)?;
+    let (tokens, mut types) = token_list(tj, model, vocab_size)?;
+    let tokens: Vec<String> = tokens.iter().map(str::to_owned).collect();
+    let unk = model.get("unk_token").and_then(Json::as_str);
+    for (t, ty) in tokens.iter().zip(types.iter_mut()) {
+        if Some(t.as_str()) == unk {
+            *ty = piece_type::UNKNOWN;
+        } else if *ty == NORMAL && is_byte_piece(t) {
+            *ty = piece_type::BYTE;
+        }
+    }
+    let index: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let pairs = merge_pairs(model)?;
+    let lowest = -(pairs.len() as f32) - 1.0;
+    let mut scores: Vec<f32> = types.iter().map(|&t| if t == NORMAL { lowest } else if t == UNUSED { -10_000.0 } else { 0.0 }).collect();
+    let mut ranked = vec![false; tokens.len()];
+    for (rank, (l, r)) in pairs.iter().enumerate() {
+        if let Some(&i) = index.get(format!("{l}{r}").as_str()) {
+            if !ranked[i] && types[i] == NORMAL {
+                ranked[i] = true;
+                scores[i] = -(rank as f32);
+            }
+        }
+    }
+    let find = |kind: &str| config_token(tc, kind).and_then(|t| index.get(t.as_str())).map(|&i| i as u32);
+    let (unk, bos, eos, pad) = (unk.and_then(|t| index.get(t)).map(|&i| i as u32), find("bos"), find("eos"), find("pad"));
+    drop(index);
+    Ok(SpmVocab {
+        tokens,
+        scores,
+        types,
+        unk,
+        bos,
+        eos,
+        pad,
+        add_bos: true,
+        add_eos: false,
+        add_space_prefix,
+    })
+}
+
+/// `<0xXX>`, a byte-fallback piece.
+fn is_byte_piece(t: &str) -> bool {
+    t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && t[3..5].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Whether a SentencePiece-style `tokenizer.json` puts a space before the
+/// text, from the forms transformers writes (legacy: `Prepend` and `Replace`
+/// normalizers; current: a `Metaspace` pre-tokenizer); other forms are refused,
+/// as llama.cpp's tokenizer could not reproduce them.
+fn spm_prefix_space(tj: &Map<String, Json>) -> Result<bool, String> {
+    let null = Json::Null;
+    let (norm, pre) = (tj.get("normalizer").unwrap_or(&null), tj.get("pre_tokenizer").unwrap_or(&null));
+    let ty = |v: &Json| v.get("type").and_then(Json::as_str).map(str::to_owned);
+    let is_replace = |v: &Json| {
+        ty(v).as_deref() == Some("Replace")
+            && v.get("pattern").and_then(|p| p.get("String")).and_then(Json::as_str) == Some(" ")
+            && v.get("content").and_then(Json::as_str) == Some("\u{2581}")
+    };
+    let is_prepend = |v: &Json| ty(v).as_deref() == Some("Prepend") && v.get("prepend").and_then(Json::as_str) == Some("\u{2581}");
+    if pre.is_null() {
+        if is_replace(norm) {
+            return Ok(false);
+        }
+        if let Some([a, b]) = norm.get("normalizers").and_then(Json::as_array).map(Vec::as_slice) {
+            if ty(norm).as_deref() == Some("Sequence") && is_prepend(a) && is_replace(b) {
+                return Ok(true);
+            }
+        }
+    } else if norm.is_null()
+        && ty(pre).as_deref() == Some("Metaspace")
+        && pre.get("replacement").and_then(Json::as_str) == Some("\u{2581}")
+        && !pre.get("split").and_then(Json::as_bool).unwrap_or(true)
+    {
+        match pre.get("prepend_scheme").and_then(Json::as_str) {
+            Some("first" | "always") => return Ok(true),
+            Some("never") => return Ok(false),
+            _ => {}
+        }
+    }
+    Err(format!(
+        "is a SentencePiece-style BPE (byte_fallback) whose normalizer ({}) and pre_tokenizer ({}) llama.cpp's `llama` \
+         tokenizer cannot reproduce; supported: the normalizers Prepend(▁) + Replace(' ', ▁) (or Replace alone) without a \
+         pre-tokenizer, or a Metaspace pre-tokenizer (split false) without a normalizer",
+        brief(norm),
+        brief(pre)
+    ))
+}
+
+/// `model.merges` as pairs (SentencePiece tokens hold no spaces, so a `"a b"` string splits at its space).
+fn merge_pairs(model: &Map<String, Json>) -> Result<Vec<(String, String)>, String> {
+    let list = match model.get("merges") {
+        None | Some(Json::Null) => return Ok(Vec::new()),
+        Some(Json::Array(a)) => a,
+        Some(_) => return Err("`model.merges` is not a list".into()),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| match m {
+            Json::String(s) => s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())),
+            Json::Array(pair) => match pair.as_slice() {
+                [Json::String(a), Json::String(b)] => Some((a.clone(), b.clone())),
+                _ => None,
+            },
+            _ => None,
+        }
+        .ok_or_else(|| format!("`model.merges[{i}]` is neither a pair of strings nor \"left right\"")))
+        .collect()
 }
 
 fn read_json(dir: &Path, name: &str) -> Result<Json, LlamaCppError> {
@@ -572,7 +849,7 @@ fn config_token(tc: Option<&Map<String, Json>>, kind: &str) -> Option<String> {
 /// gguf-py's `SpecialVocab._try_load_from_tokenizer_json` and
 /// `_try_load_from_config_json`, for the templates causal LMs use.
 fn special_vocab(
-    tj: &Map<String, Json>,
+    tj: Option<&Map<String, Json>>,
     tc: Option<&Map<String, Json>>,
     config: &Map<String, Json>,
     vocab_size: u64,
@@ -600,7 +877,7 @@ fn special_vocab(
     // adds neither; a `TemplateProcessing` one whose single-sequence template
     // starts with a special token adds BOS if that token is the BOS (or CLS)
     // token, or becomes the BOS token when none is named.
-    if let Some(pp) = tj.get("post_processor").filter(|v| !v.is_null()) {
+    if let Some(pp) = tj.and_then(|t| t.get("post_processor")).filter(|v| !v.is_null()) {
         let list: Vec<&Json> = match pp.get("processors").and_then(Json::as_array) {
             Some(a) => a.iter().collect(),
             None => vec![pp],
@@ -657,7 +934,7 @@ fn special_vocab(
         }
     }
     let added: Vec<(&str, u64)> = tj
-        .get("added_tokens")
+        .and_then(|t| t.get("added_tokens"))
         .and_then(Json::as_array)
         .map(|a| a.iter().filter_map(|t| Some((t.get("content")?.as_str()?, t.get("id")?.as_u64()?))).collect())
         .unwrap_or_default();
