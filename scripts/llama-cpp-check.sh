@@ -21,6 +21,8 @@
 #  6. the runner on GGUF files: on the llama-chat fixture's dense and Mixtral exports its logits equal llama.cpp's on the
 #     same files within 1e-4 (measured: 0 for q8_0, q4_0, q4_k_m; 2.4e-7 for f32) but 1e-2 where Q5_1 meets Q8_1
 #     activations (4.8e-3); on MODEL's q8_0/q4_k_m files it reports the distance and greedy agreement (top-1 >= 0.8).
+#  7. SentencePiece vocabularies: scripts/spm-check.sh (import, export from tokenizer.json and from tokenizer.model,
+#     against transformers, sentencepiece, the converter and llama.cpp's tokenizer on its own test strings).
 #  4. logits on a chat prompt: llama.cpp (KV cache in f32) on our f32 export equals `pesc-convert logits` of
 #     MODEL within 1e-3 (measured 1.4e-4 on SmolLM2, logits up to 35). On q8_0 (and q4_k_m) exports the
 #     reference is `pesc-convert logits` of the export imported back (the same dequantized weights): ggml's CPU
@@ -314,3 +316,6 @@ for to in ["q8_0", "q4_k_m"]:
 print(f"{'all passed' if not failed else f'{failed} failed'}")
 sys.exit(1 if failed else 0)
 PY
+
+# 7. SentencePiece vocabularies (llama.cpp's own test vocabularies and strings): scripts/spm-check.sh.
+bash scripts/spm-check.sh

@@ -366,11 +366,11 @@ fn import_rejects_a_missing_hyperparameter() {
 }
 
 #[test]
-fn import_rejects_a_sentencepiece_vocabulary() {
+fn import_rejects_a_sentencepiece_vocabulary_without_scores() {
     import_rejects(
         "spm.gguf",
         &Parts::of_fixture().set("tokenizer.ggml.model", "llama").bytes(),
-        &["tokenizer.ggml.model", "`llama`", "not supported"],
+        &["tokenizer.ggml.scores", "is missing", "merges by its scores"],
     );
 }
 

@@ -641,6 +641,9 @@ fn existing_output_needs_force_and_bad_input_leaves_nothing() {
     tj["pre_tokenizer"] = json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false});
     std::fs::write(odd.join("tokenizer.json"), serde_json::to_vec(&tj).unwrap()).unwrap();
     assert_rejects(&quantize(&odd, "q8_0", &fresh, &[]), &["tokenizer.json", "Metaspace"]);
+    // A SentencePiece model (which wins over tokenizer.json) cut short: a piece claiming 16 bytes, one there.
+    std::fs::write(odd.join("tokenizer.model"), [0x0a, 0x10, 0x0a]).unwrap();
+    assert_rejects(&quantize(&odd, "q8_0", &fresh, &[]), &["tokenizer.model", "ModelProto", "claims 16 bytes but only 1 are left"]);
 
     assert!(!fresh.exists());
     let left: Vec<String> = entries(tmp.path()).into_iter().filter(|e| e.contains("staging")).collect();

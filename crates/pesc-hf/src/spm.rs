@@ -105,9 +105,10 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
         let left = self.bytes.len() - self.pos;
-        let n = usize::try_from(n).ok().filter(|&n| n <= left).ok_or_else(|| {
-            format!("a field at byte {} claims {n} bytes but only {left} are left", self.pos)
-        })?;
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= left)
+            .ok_or_else(|| format!("a field at byte {} claims {n} bytes but only {left} are left", self.pos))?;
         let s = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
@@ -187,15 +188,8 @@ impl SpmModel {
     /// Parses a `ModelProto`; an error names the field at fault.
     pub fn parse(bytes: &[u8]) -> Result<Self, (String, String)> {
         let top = |p: String| ("ModelProto".to_owned(), p);
-        let mut model = SpmModel {
-            pieces: Vec::new(),
-            byte_fallback: false,
-            unk_id: 0,
-            bos_id: 1,
-            eos_id: 2,
-            pad_id: -1,
-            add_dummy_prefix: true,
-        };
+        let mut model =
+            SpmModel { pieces: Vec::new(), byte_fallback: false, unk_id: 0, bos_id: 1, eos_id: 2, pad_id: -1, add_dummy_prefix: true };
         let mut model_type = 1; // UNIGRAM, the proto's default
         let mut r = Reader::new(bytes);
         while !r.done() {
@@ -498,6 +492,7 @@ impl SpmVocab {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
 

@@ -1,12 +1,12 @@
 //! The `{arch}.*` hyperparameter keys, both ways: written from a
-//! `config.json` as llama.cpp's converter writes them ([`write`]), and read
+//! `config.json` as llama.cpp's converter writes them ([`write()`]), and read
 //! back into the `config.json` they imply ([`Hparams::read`],
 //! [`Hparams::config_json`]). Each key is spelled once, in [`key`].
 
 use crate::recipe::{size_label, ExportOptions, QUANTIZATION_VERSION};
 use crate::LlamaCppError;
 use pesc_gguf::{GgufFile, Metadata, MetadataError, Value};
-use pesc_hf::{Model, ModelConfig, Moe, RopeScaling};
+use pesc_hf::{Family, Model, ModelConfig, Moe, RopeScaling};
 use serde_json::{json, Map, Value as Json};
 
 /// The hyperparameter keys, after `{arch}.`.
@@ -251,7 +251,9 @@ fn f32_of(v: f64) -> Value {
 /// `general.file_type`, `{arch}.vocab_size`, `{arch}.rope.dimension_count`,
 /// `general.quantization_version` (the converter writes it for every file
 /// type). `attention.key_length` and `value_length` are written when
-/// `config.json` sets `head_dim`, as the converter does.
+/// `config.json` sets `head_dim` or transformers' config class adds it (dense
+/// Llama and Mistral), as the converter, which reads configs through
+/// transformers, does.
 pub fn write(model: &Model, opts: ExportOptions, md: &mut Metadata) -> Result<(), LlamaCppError> {
     let c: &ModelConfig = &model.config;
     let dir = &model.dir;
@@ -297,7 +299,10 @@ pub fn write(model: &Model, opts: ExportOptions, md: &mut Metadata) -> Result<()
         }
         Moe::Dense => {}
     }
-    if c.raw.get("head_dim").is_some_and(|v| !v.is_null()) {
+    // The converter reads the config through transformers, whose Llama and Mistral configs always carry `head_dim`.
+    let has_head_dim = c.raw.get("head_dim").is_some_and(|v| !v.is_null())
+        || (matches!(c.moe, Moe::Dense) && matches!(c.family, Family::Llama | Family::Mistral));
+    if has_head_dim {
         push(&k(key::KEY_LENGTH), u32_of("head_dim", c.head_dim)?)?;
         push(&k(key::VALUE_LENGTH), u32_of("head_dim", c.head_dim)?)?;
     }

@@ -6,18 +6,23 @@
 //!
 //! ## Import
 //!
-//! Supported: byte-level BPE (`tokenizer.ggml.model = "gpt2"`) with the
-//! pre-tokenizers named by `tokenizer.ggml.pre` below. Tokens are already
-//! spelled in the byte-level alphabet, merges are `"left right"` strings, and
-//! token types 3 (control) and 4 (user-defined) become added tokens, special
-//! and not, as llama.cpp treats them.
+//! - Byte-level BPE (`tokenizer.ggml.model = "gpt2"`) with the
+//!   pre-tokenizers named by `tokenizer.ggml.pre` below. Tokens are already
+//!   spelled in the byte-level alphabet, merges are `"left right"` strings, and
+//!   token types 3 (control) and 4 (user-defined) become added tokens, special
+//!   and not, as llama.cpp treats them.
+//! - SentencePiece (`llama`): transformers' legacy Llama tokenizer over the
+//!   same tokens, merges generated from the scores ([`pesc_hf::spm`]);
+//!   `add_space_prefix` and `add_bos_token` default to true as in llama.cpp.
+//!   Scores and token types are required, every array must have one entry per
+//!   token, and special ids must lie inside the vocabulary.
 //!
 //! ## Export
 //!
 //! As `convert_hf_to_gguf.py` (vendored in llama-cpp-python 0.3.36:
 //! `conversion/base.py::get_vocab_base` and `_set_vocab_gpt2`, gguf-py's
-//! `SpecialVocab`). Supported: byte-level BPE in `tokenizer.json` (`tokenizer.ggml.model =
-//! gpt2`). The converter names the pre-tokenizer by hashing the token ids of
+//! `SpecialVocab`). Byte-level BPE in `tokenizer.json` (`tokenizer.ggml.model =
+//! gpt2`), and SentencePiece (below). The converter names the pre-tokenizer by hashing the token ids of
 //! a test string; here it is read from `tokenizer.json`'s `pre_tokenizer`,
 //! which must be one that a llama.cpp pre-tokenizer reproduces:
 //!
@@ -58,12 +63,24 @@
 //!   else `chat_template.jinja`, else `chat_template.json`. (The converter
 //!   reads the last two only when `tokenizer_config.json` exists.)
 //!
+//! SentencePiece vocabularies (`tokenizer.ggml.model = llama`), as the
+//! converter's `_set_vocab_sentencepiece`: from `tokenizer.model` when the
+//! folder has one (it wins over `tokenizer.json`, as in the converter): its
+//! pieces, scores and types (user-defined pieces written as normal), then
+//! `added_tokens.json` (user-defined, score -1000) and `tokenizer_config.json`'s
+//! `added_tokens_decoder` (control or user-defined, score -1000), ids beyond
+//! the pieces `[PAD{id}]` (unused, score -10000); `tokenizer.ggml.pre =
+//! default`, no merges. From a byte-fallback BPE `tokenizer.json` alone the
+//! tokens, types and flags are read as for byte-level BPE, `<0xXX>` pieces
+//! typed as bytes, the prefix space from its normalizer or Metaspace
+//! pre-tokenizer, and each token's score minus the rank of the first merge
+//! producing it (the converter's -1000 everywhere would make llama.cpp merge
+//! left to right, not in the BPE's order).
+//!
 //! A folder with neither `tokenizer.json` nor `tokenizer.model` gets
 //! `tokenizer.ggml.model = none` alone (the converter's `_set_vocab_none`):
 //! llama.cpp then creates `llama.vocab_size` placeholder tokens
-//! (`llama-vocab.cpp`, `no_vocab`/`none`). SentencePiece vocabularies
-//! (`tokenizer.model`, or a BPE `tokenizer.json` with `byte_fallback`, which
-//! llama.cpp stores as `llama`) are refused for now.
+//! (`llama-vocab.cpp`, `no_vocab`/`none`).
 
 use crate::LlamaCppError;
 use pesc_gguf::{GgufFile, MetadataError, StringArray, Value};
@@ -72,7 +89,6 @@ use pesc_hf::spm::{SpmModel, SpmVocab};
 use pesc_hf::ModelConfig;
 use serde_json::{json, Map, Value as Json};
 use std::path::Path;
-
 
 /// The GPT-2 split as Llama 3's `tokenizer.json` spells it (and as byte-level BPE applies it with `use_regex`).
 const LLAMA3_SPLIT: &str =
@@ -171,8 +187,11 @@ impl GgufVocab {
         } else {
             Vec::new()
         };
-        let scores =
-            if md.contains("tokenizer.ggml.scores") { md.get_f32_array("tokenizer.ggml.scores").map_err(|e| meta(file, e))?.to_vec() } else { Vec::new() };
+        let scores = if md.contains("tokenizer.ggml.scores") {
+            md.get_f32_array("tokenizer.ggml.scores").map_err(|e| meta(file, e))?.to_vec()
+        } else {
+            Vec::new()
+        };
         let flag = |key: &str| md.opt_bool(key).map_err(|e| meta(file, e));
         let spm = model == "llama";
         Ok(Some(GgufVocab {
@@ -328,7 +347,7 @@ const SPECIAL_KINDS: [(&str, &str); 7] = [
 /// The `add_*_token` flags llama.cpp reads (the converter skips the others).
 const ADD_KINDS: [&str; 3] = ["bos", "eos", "sep"];
 
-/// What [`gguf_vocab`] found.
+/// What [`from_folder`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VocabKind {
     /// No tokenizer files: `tokenizer.ggml.model = none`.
@@ -512,7 +531,8 @@ fn spm_from_model(sp: &SpmModel, dir: &Path, tc: Option<&Map<String, Json>>, voc
         let bad = |problem: String| LlamaCppError::Tokenizer { path: dir.join("tokenizer_config.json"), problem };
         for (id, entry) in decoder {
             let i: usize = id.parse().map_err(|_| bad(format!("added_tokens_decoder key {id:?} is not a token id")))?;
-            let content = entry.get("content").and_then(Json::as_str).ok_or_else(|| bad(format!("added_tokens_decoder[{id}] has no content")))?;
+            let content =
+                entry.get("content").and_then(Json::as_str).ok_or_else(|| bad(format!("added_tokens_decoder[{id}] has no content")))?;
             if i >= n {
                 continue;
             }
@@ -538,7 +558,12 @@ fn spm_from_model(sp: &SpmModel, dir: &Path, tc: Option<&Map<String, Json>>, voc
 /// which its tokenizer then merges left to right, not by rank; the scores
 /// written instead rank each token by the first merge producing it, so that
 /// llama.cpp merges in the order the BPE does.
-fn spm_from_json(tj: &Map<String, Json>, model: &Map<String, Json>, tc: Option<&Map<String, Json>>, vocab_size: u64) -> Result<SpmVocab, String> {
+fn spm_from_json(
+    tj: &Map<String, Json>,
+    model: &Map<String, Json>,
+    tc: Option<&Map<String, Json>>,
+    vocab_size: u64,
+) -> Result<SpmVocab, String> {
     let add_space_prefix = spm_prefix_space(tj)?;
     let (tokens, mut types) = token_list(tj, model, vocab_size)?;
     let tokens: Vec<String> = tokens.iter().map(str::to_owned).collect();
@@ -553,7 +578,18 @@ fn spm_from_json(tj: &Map<String, Json>, model: &Map<String, Json>, tc: Option<&
     let index: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
     let pairs = merge_pairs(model)?;
     let lowest = -(pairs.len() as f32) - 1.0;
-    let mut scores: Vec<f32> = types.iter().map(|&t| if t == NORMAL { lowest } else if t == UNUSED { -10_000.0 } else { 0.0 }).collect();
+    let mut scores: Vec<f32> = types
+        .iter()
+        .map(|&t| {
+            if t == NORMAL {
+                lowest
+            } else if t == UNUSED {
+                -10_000.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let mut ranked = vec![false; tokens.len()];
     for (rank, (l, r)) in pairs.iter().enumerate() {
         if let Some(&i) = index.get(format!("{l}{r}").as_str()) {
@@ -563,21 +599,10 @@ fn spm_from_json(tj: &Map<String, Json>, model: &Map<String, Json>, tc: Option<&
             }
         }
     }
-    let find = |kind: &str| config_token(tc, kind).and_then(|t| index.get(t.as_str())).map(|&i| i as u32);
-    let (unk, bos, eos, pad) = (unk.and_then(|t| index.get(t)).map(|&i| i as u32), find("bos"), find("eos"), find("pad"));
+    let find = |kind: &str| config_token(tc, kind).and_then(|t| index.get(t.as_str())).and_then(|&i| u32::try_from(i).ok());
+    let (unk, bos, eos, pad) = (unk.and_then(|t| index.get(t)).and_then(|&i| u32::try_from(i).ok()), find("bos"), find("eos"), find("pad"));
     drop(index);
-    Ok(SpmVocab {
-        tokens,
-        scores,
-        types,
-        unk,
-        bos,
-        eos,
-        pad,
-        add_bos: true,
-        add_eos: false,
-        add_space_prefix,
-    })
+    Ok(SpmVocab { tokens, scores, types, unk, bos, eos, pad, add_bos: true, add_eos: false, add_space_prefix })
 }
 
 /// `<0xXX>`, a byte-fallback piece.
@@ -637,15 +662,17 @@ fn merge_pairs(model: &Map<String, Json>) -> Result<Vec<(String, String)>, Strin
     };
     list.iter()
         .enumerate()
-        .map(|(i, m)| match m {
-            Json::String(s) => s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())),
-            Json::Array(pair) => match pair.as_slice() {
-                [Json::String(a), Json::String(b)] => Some((a.clone(), b.clone())),
+        .map(|(i, m)| {
+            match m {
+                Json::String(s) => s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())),
+                Json::Array(pair) => match pair.as_slice() {
+                    [Json::String(a), Json::String(b)] => Some((a.clone(), b.clone())),
+                    _ => None,
+                },
                 _ => None,
-            },
-            _ => None,
-        }
-        .ok_or_else(|| format!("`model.merges[{i}]` is neither a pair of strings nor \"left right\"")))
+            }
+            .ok_or_else(|| format!("`model.merges[{i}]` is neither a pair of strings nor \"left right\""))
+        })
         .collect()
 }
 

@@ -1,6 +1,8 @@
 //! SentencePiece (`llama`) vocabularies against llama.cpp's own tokenizer
 //! tests (`fixtures/llama-vocab/`): the strings must give llama.cpp's ids.
 
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+
 use pesc_gguf::GgufFile;
 use pesc_hf::TextModel;
 use pesc_llamacpp::GgufVocab;

@@ -23,7 +23,7 @@ pub struct RouteStats {
 }
 
 impl RouteStats {
-    /// Runs every `(source, example)` through `runner`, [`BATCH`] examples
+    /// Runs every `(source, example)` through `runner`, 16 examples
     /// per padded batch (a streamed model reads each layer once a batch), and
     /// counts where their tokens were routed.
     pub fn collect(runner: &Runner, experts: usize, top_k: usize, examples: &[(String, &Example)]) -> Result<Self> {
