@@ -79,6 +79,9 @@ fn hf_name(gguf: &str) -> String {
         "attn_q.weight" => "self_attn.q_proj.weight",
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
         "attn_output.weight" => "self_attn.o_proj.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
@@ -612,27 +615,7 @@ fn existing_output_needs_force_and_bad_input_leaves_nothing() {
     // --to nf4 writes a folder (tests/it/nf4.rs) and refuses the GGUF-only flags.
     assert_rejects(&quantize(&fixture("llama-gqa"), "nf4", &fresh, &["--pure"]), &["--pure"]);
     assert!(!fresh.exists());
-    assert_rejects(&quantize(&fixture("qwen2-bias"), "q8_0", &fresh, &[]), &["qwen2", "not implemented yet"]);
     assert_rejects(&quantize(&tmp.path().join("missing"), "q8_0", &fresh, &[]), &["missing"]);
-
-    // A PESC model on a qwen2 base: no GGUF layout for it.
-    let pesc_qwen = tmp.path().join("pesc-qwen2");
-    assert_code(
-        &run([
-            "craft",
-            fixture("qwen2-bias").to_str().unwrap(),
-            "-o",
-            pesc_qwen.to_str().unwrap(),
-            "--experts",
-            "2",
-            "--top-k",
-            "1",
-            "--adapter-dim",
-            "4",
-        ]),
-        0,
-    );
-    assert_rejects(&quantize(&pesc_qwen, "q8_0", &fresh, &[]), &["PESC model on a qwen2 base", "not implemented yet"]);
 
     // An unsupported tokenizer is named, before any output exists.
     let odd = tmp.path().join("odd-tokenizer");
@@ -804,5 +787,60 @@ fn eight_expert_mixtral_gets_llama_quantizes_moe_rules() {
         }
         let label = g.metadata().get_str("general.size_label").unwrap();
         assert!(label.starts_with("8x"), "{label}");
+    }
+}
+
+#[test]
+fn qwen2_models_export_as_llama_cpps_qwen2_and_import_back_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dense = fixture("qwen2-bias");
+    let pesc = tmp.path().join("pesc-qwen2");
+    let (d, p) = (dense.to_str().unwrap(), pesc.to_str().unwrap());
+    assert_code(&run(["craft", d, "-o", p, "--experts", "4", "--top-k", "2", "--adapter-dim", "8"]), 0);
+    let ids = "1,17,250,3,99,8,141,60";
+    let logits = |model: &Path, name: &str| -> Vec<u8> {
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        assert_code(&run([Path::new("logits"), model, Path::new("--token-ids"), Path::new(ids), Path::new("-o"), &out]), 0);
+        let f = SafetensorsFile::open(&out).unwrap();
+        f.read(&f.tensors()[0]).unwrap()
+    };
+    for (model, arch) in [(dense.clone(), "qwen2"), (pesc.clone(), "pesc")] {
+        let orig = originals(&model);
+        let gguf = quantized(tmp.path(), &model, "f32", &[]);
+        let g = GgufFile::open(&gguf).unwrap();
+        let md = g.metadata();
+        assert_eq!(md.get_str("general.architecture").unwrap(), arch);
+        if arch == "qwen2" {
+            // As the converter's Qwen2 model: neither key, llama.cpp derives both.
+            assert!(!md.contains("qwen2.vocab_size") && !md.contains("qwen2.rope.dimension_count"));
+        } else {
+            assert_eq!(md.get_str("pesc.base_architecture").unwrap(), "qwen2");
+        }
+        // Biases F32 under llama.cpp's names; q and k rows as stored (llama.cpp rotates Qwen2's halves, no permutation).
+        for t in g.tensors() {
+            if t.name.contains("adapter") || t.name.contains("gate_inp") {
+                continue;
+            }
+            let hf = hf_name(&t.name);
+            let got = to_f32(DType::F32, &g.read(t).unwrap()).unwrap();
+            assert!(got == orig[&hf].1, "{arch}: {} is not {hf} as stored", t.name);
+        }
+        assert_eq!(g.tensors().iter().filter(|t| t.name.ends_with(".bias")).count(), 3 * 2);
+        assert!(g.tensors().iter().filter(|t| t.name.ends_with(".bias")).all(|t| t.ty == GgmlType::F32));
+
+        let back = tmp.path().join(format!("back-{arch}"));
+        assert_code(&run([Path::new("import-gguf"), &gguf, Path::new("-o"), &back]), 0);
+        let f = SafetensorsFile::open(&back.join("model.safetensors")).unwrap();
+        assert_eq!(f.tensors().len(), orig.len(), "{arch}");
+        for t in f.tensors() {
+            assert!(to_f32(t.dtype, &f.read(t).unwrap()).unwrap() == orig[&t.name].1, "{arch}: {} differs after the round trip", t.name);
+        }
+        let config = config_json(&back);
+        assert_eq!(config["model_type"], if arch == "qwen2" { "qwen2" } else { "qwen2idae" });
+        if arch == "pesc" {
+            assert_eq!(config["pesc_base_model_type"], "qwen2");
+        }
+        // The GGUF computes what the folder computes.
+        assert_eq!(logits(&gguf, &format!("{arch}-gguf")), logits(&model, &format!("{arch}-folder")), "{arch}");
     }
 }

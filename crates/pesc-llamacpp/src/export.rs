@@ -44,7 +44,7 @@ use crate::rotary::{permute_rows, Direction};
 use crate::vocab::{from_folder, VocabKind};
 use crate::LlamaCppError;
 use pesc_gguf::{GgmlType, GgufWriter, Metadata, TensorSpec};
-use pesc_hf::{Family, Model, ModelConfig, Moe, RopeScaling};
+use pesc_hf::{Family, Model, ModelConfig, RopeScaling};
 use pesc_io::StagedFile;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -82,13 +82,8 @@ impl ExportSummary {
 /// about settings llama.cpp's `llama` architecture ignores.
 pub fn check_exportable(config: &ModelConfig) -> Result<Vec<String>, LlamaCppError> {
     let refuse = |reason: String| LlamaCppError::NotExportable { path: config.path.parent().unwrap_or(Path::new(".")).into(), reason };
-    if config.family == Family::Qwen2 {
-        let what = if matches!(config.moe, Moe::Pesc(_)) { "a PESC model on a qwen2 base" } else { "a qwen2 model" };
-        return Err(refuse(format!(
-            "is {what}; GGUF export supports llama and mistral models only (qwen2, llama.cpp architecture `qwen2`, is not implemented yet)"
-        )));
-    }
-    if config.qkv_bias || config.o_bias || config.mlp_bias {
+    let qwen2_biases = config.family == Family::Qwen2 && !config.o_bias && !config.mlp_bias;
+    if !qwen2_biases && (config.qkv_bias || config.o_bias || config.mlp_bias) {
         return Err(refuse("has attention or MLP biases (`attention_bias`/`mlp_bias`), which GGUF export does not support yet".into()));
     }
     match &config.rope_scaling {

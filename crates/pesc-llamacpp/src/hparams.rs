@@ -49,6 +49,9 @@ pub mod key {
     pub const ADAPTER_DIM: &str = "adapter_dim";
     /// PESC adapter scale, `moe_scaling` (`pesc` only).
     pub const ADAPTER_SCALE: &str = "adapter_scale";
+    /// The base a PESC model was crafted from, when it is not laid out as
+    /// `llama` (`pesc` only; the one value is `qwen2`).
+    pub const BASE_ARCHITECTURE: &str = "base_architecture";
 }
 
 /// llama.cpp's `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX`.
@@ -78,6 +81,8 @@ pub struct Hparams {
     experts_used: u64,
     /// PESC: adapter width and scale.
     pesc: Option<(u32, f32)>,
+    /// Whether the blocks are Qwen2's (`qwen2`, or `pesc` over a `qwen2` base).
+    qwen2: bool,
 }
 
 fn meta(file: &GgufFile, e: MetadataError) -> LlamaCppError {
@@ -135,6 +140,18 @@ impl Hparams {
         if experts > 0 && (experts_used == 0 || experts_used > experts) {
             return Err(bad(key::EXPERT_USED_COUNT, format!("{experts_used} must be between 1 and `{}` {experts}", k(key::EXPERT_COUNT))));
         }
+        let qwen2 = match arch {
+            "qwen2" => true,
+            "pesc" => match md.opt_str(&k(key::BASE_ARCHITECTURE)).map_err(|e| meta(file, e))? {
+                None | Some("llama") => false,
+                Some("qwen2") => true,
+                Some(other) => return Err(bad(key::BASE_ARCHITECTURE, format!("`{other}` is not a base this tool knows (llama, qwen2)"))),
+            },
+            _ => false,
+        };
+        if arch == "qwen2" && experts > 0 {
+            return Err(bad(key::EXPERT_COUNT, format!("is {experts}; llama.cpp's `qwen2` architecture has no experts")));
+        }
         let pesc = if arch == "pesc" {
             if experts == 0 {
                 return Err(bad(key::EXPERT_COUNT, "is missing or zero".into()));
@@ -168,6 +185,7 @@ impl Hparams {
             experts,
             experts_used,
             pesc,
+            qwen2,
         })
     }
 
@@ -186,9 +204,11 @@ impl Hparams {
     #[must_use]
     pub fn config_json(&self, tied: bool, ids: [Option<u32>; 3]) -> Map<String, Json> {
         let mut c = Map::new();
-        let (model_type, architecture) = match (self.pesc.is_some(), self.experts) {
-            (true, _) => ("camelidae", "PescLlamaForCausalLM"),
-            (false, 0) => ("llama", "LlamaForCausalLM"),
+        let (model_type, architecture) = match (self.pesc.is_some(), self.experts, self.qwen2) {
+            (true, _, true) => ("qwen2idae", "PescQwen2ForCausalLM"),
+            (true, _, false) => ("camelidae", "PescLlamaForCausalLM"),
+            (false, 0, true) => ("qwen2", "Qwen2ForCausalLM"),
+            (false, 0, false) => ("llama", "LlamaForCausalLM"),
             _ => ("mixtral", "MixtralForCausalLM"),
         };
         c.insert("architectures".into(), json!([architecture]));
@@ -217,12 +237,14 @@ impl Hparams {
             c.insert("router_aux_loss_coef".into(), json!(0.01));
             c.insert("router_jitter_noise".into(), json!(0.0));
             c.insert("sliding_window".into(), Json::Null);
+        } else if self.qwen2 {
+            c.insert("use_sliding_window".into(), json!(false));
         } else {
             c.insert("attention_bias".into(), json!(false));
             c.insert("mlp_bias".into(), json!(false));
         }
         if let Some((adapter_dim, scale)) = self.pesc {
-            c.insert("pesc_base_model_type".into(), json!("llama"));
+            c.insert("pesc_base_model_type".into(), json!(if self.qwen2 { "qwen2" } else { "llama" }));
             c.insert("num_experts".into(), json!(self.experts));
             c.insert("topk".into(), json!(self.experts_used));
             c.insert("adapter_dim".into(), json!(adapter_dim));
@@ -296,6 +318,9 @@ pub fn write(model: &Model, opts: ExportOptions, md: &mut Metadata) -> Result<()
             push(&k(key::EXPERT_GATING_FUNC), Value::U32(EXPERT_GATING_SOFTMAX))?;
             push(&k(key::ADAPTER_DIM), u32_of("adapter_dim", p.adapter_dim)?)?;
             push(&k(key::ADAPTER_SCALE), f32_of(p.scaling))?;
+            if c.family == Family::Qwen2 {
+                push(&k(key::BASE_ARCHITECTURE), "qwen2".into())?;
+            }
         }
         Moe::Dense => {}
     }
@@ -307,8 +332,11 @@ pub fn write(model: &Model, opts: ExportOptions, md: &mut Metadata) -> Result<()
         push(&k(key::VALUE_LENGTH), u32_of("head_dim", c.head_dim)?)?;
     }
     push("general.file_type", Value::U32(opts.to.file_type()))?;
-    push(&k(key::VOCAB_SIZE), u32_of("vocab_size", c.vocab_size)?)?;
-    push(&k(key::ROPE_DIMENSION_COUNT), u32_of("head_dim", c.head_dim)?)?;
+    // The converter's Qwen2 model writes neither (llama.cpp takes them from the vocabulary and the head size).
+    if arch != "qwen2" {
+        push(&k(key::VOCAB_SIZE), u32_of("vocab_size", c.vocab_size)?)?;
+        push(&k(key::ROPE_DIMENSION_COUNT), u32_of("head_dim", c.head_dim)?)?;
+    }
     push("general.quantization_version", Value::U32(QUANTIZATION_VERSION))?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! and, for every Hugging Face tensor name, where its values lie in the file.
 //!
 //! The layouts of [`crate::names`] are understood: llama.cpp's `llama`
-//! (dense or Mixtral) and this project's `pesc`. Every tensor's shape is
+//! (dense or Mixtral) and `qwen2`, and this project's `pesc`. Every tensor's shape is
 //! checked against the config before anything is read; q and k rows are
 //! returned in Hugging Face order (llama.cpp's rotary permutation undone).
 
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// GGUF architectures this tool reads.
-pub const GGUF_ARCHITECTURES: [&str; 2] = ["llama", "pesc"];
+pub const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "pesc"];
 
 /// Where a Hugging Face tensor lies in the file.
 #[derive(Debug, Clone)]

@@ -2,13 +2,15 @@
 //! table read in both directions (export plans from it, import resolves
 //! through it; `docs/format.md` §8).
 //!
-//! Three layouts: llama.cpp's `llama`, dense or Mixtral (`ffn_gate_inp`
+//! Four layouts: llama.cpp's `llama`, dense or Mixtral (`ffn_gate_inp`
 //! router, experts stacked along the outermost dimension in
-//! `ffn_{gate,up,down}_exps`), and this project's `pesc` (the `llama` layout
-//! plus an `ffn_adapter_gate_inp` router and stacked `ffn_adapter_{down,up}_exps`
-//! adapters per layer).
+//! `ffn_{gate,up,down}_exps`); llama.cpp's `qwen2` (the `llama` names plus
+//! `attn_{q,k,v}.bias`, q and k rows not permuted: llama.cpp rotates Qwen2's
+//! halves as Hugging Face does); and this project's `pesc` (the layout of its
+//! base plus an `ffn_adapter_gate_inp` router and stacked
+//! `ffn_adapter_{down,up}_exps` adapters per layer).
 
-use pesc_hf::{names, ExpertNaming, ModelConfig, Moe};
+use pesc_hf::{names, ExpertNaming, Family, ModelConfig, Moe};
 
 /// The role of a tensor in `llama-quantize`'s rules (`tensor_get_category`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,8 @@ pub enum Category {
     FfnDown,
     /// A norm.
     Norm,
+    /// A bias (Qwen2's q, k and v): F32 always, as every 1-D tensor.
+    Bias,
     /// A Mixtral or PESC router: F32 always (llama.cpp never quantizes `ffn_gate_inp`).
     Router,
     /// PESC adapters: kept 16-bit in quantized files.
@@ -84,14 +88,26 @@ pub struct Mapped {
     pub permute_heads: Option<u64>,
 }
 
-/// The GGUF architecture of a model: `llama` for dense and Mixtral models,
-/// `pesc` for PESC models.
+/// Qwen2's q, k and v biases: GGUF name (in `blk.N.`), Hugging Face name (in `model.layers.N.`).
+const QKV_BIASES: [(&str, &str); 3] =
+    [("attn_q.bias", "self_attn.q_proj.bias"), ("attn_k.bias", "self_attn.k_proj.bias"), ("attn_v.bias", "self_attn.v_proj.bias")];
+
+/// The GGUF architecture of a model: `pesc` for PESC models, `qwen2` for
+/// dense Qwen2 models, `llama` for the rest (dense and Mixtral).
 #[must_use]
 pub fn architecture(config: &ModelConfig) -> &'static str {
-    match config.moe {
-        Moe::Pesc(_) => "pesc",
-        Moe::Dense | Moe::Mixtral { .. } => "llama",
+    match (&config.moe, config.family) {
+        (Moe::Pesc(_), _) => "pesc",
+        (_, Family::Qwen2) => "qwen2",
+        _ => "llama",
     }
+}
+
+/// Whether q and k rows are stored in llama.cpp's interleaved rotary layout:
+/// every layout but a Qwen2 base's.
+#[must_use]
+pub fn permutes_rotary_rows(config: &ModelConfig) -> bool {
+    config.family != Family::Qwen2
 }
 
 /// Every GGUF tensor of a model with `config`, in table order (global
@@ -128,11 +144,16 @@ pub fn tensor_map(config: &ModelConfig) -> Vec<Mapped> {
                 continue;
             }
             let permute = match cat {
-                Category::AttnQ => Some(config.num_heads),
-                Category::AttnK => Some(config.num_kv_heads),
+                Category::AttnQ if permutes_rotary_rows(config) => Some(config.num_heads),
+                Category::AttnK if permutes_rotary_rows(config) => Some(config.num_kv_heads),
                 _ => None,
             };
             out.push(one(&format!("blk.{l}.{g}"), format!("model.layers.{l}.{hf}"), cat, l, permute));
+            if cat == Category::AttnV && config.qkv_bias {
+                for (g, hf) in QKV_BIASES {
+                    out.push(one(&format!("blk.{l}.{g}"), format!("model.layers.{l}.{hf}"), Category::Bias, l, None));
+                }
+            }
         }
         match &config.moe {
             Moe::Mixtral { num_experts, .. } => {
@@ -204,18 +225,17 @@ mod tests {
             Moe::Mixtral { num_experts: 3, top_k: 2 },
             Moe::Pesc(pesc_hf::PescParams { num_experts: 3, top_k: 2, adapter_dim: 4, scaling: 1.0 }),
         ] {
-            for tied in [false, true] {
-                let mut cfg = ModelConfig::parse(
-                    std::path::Path::new("config.json"),
-                    br#"{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10}"#,
-                )
-                .unwrap();
+            for (tied, model_type) in [(false, "llama"), (true, "llama"), (false, "qwen2"), (true, "qwen2")] {
+                let config = format!(
+                    r#"{{"model_type": "{model_type}", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 10}}"#
+                );
+                let mut cfg = ModelConfig::parse(std::path::Path::new("config.json"), config.as_bytes()).unwrap();
                 cfg.moe = moe.clone();
                 cfg.tie_word_embeddings = tied;
                 let mut mapped: Vec<String> = tensor_map(&cfg).into_iter().flat_map(|m| m.hf).collect();
                 mapped.sort();
                 let expected: Vec<String> = cfg.expected_tensors().unwrap().into_iter().map(|(n, _)| n).collect();
-                assert_eq!(mapped, expected, "{moe:?}, tied {tied}");
+                assert_eq!(mapped, expected, "{moe:?}, tied {tied}, {model_type}");
             }
         }
     }

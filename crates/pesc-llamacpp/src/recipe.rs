@@ -253,7 +253,7 @@ struct Shape {
 ///
 /// Then, pure or not, [`shape_fallback`].
 fn tensor_type(to: GgufType, pure: bool, category: Category, layer: u64, ne: &[u64], shape: &Shape) -> (GgmlType, Option<GgmlType>) {
-    if ne.len() < 2 || matches!(category, Category::Norm | Category::Router) {
+    if ne.len() < 2 || matches!(category, Category::Norm | Category::Bias | Category::Router) {
         return (GgmlType::F32, None);
     }
     if category == Category::Adapter {
