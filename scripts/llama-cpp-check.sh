@@ -23,6 +23,7 @@
 #     activations (4.8e-3); on MODEL's q8_0/q4_k_m files it reports the distance and greedy agreement (top-1 >= 0.8).
 #  7. SentencePiece vocabularies: scripts/spm-check.sh (import, export from tokenizer.json and from tokenizer.model,
 #     against transformers, sentencepiece, the converter and llama.cpp's tokenizer on its own test strings).
+#  8. Qwen2: scripts/qwen2-check.sh (MODEL re-declared as Qwen2 with q/k/v biases: llama.cpp's qwen2 on our exports).
 #  4. logits on a chat prompt: llama.cpp (KV cache in f32) on our f32 export equals `pesc-convert logits` of
 #     MODEL within 1e-3 (measured 1.4e-4 on SmolLM2, logits up to 35). On q8_0 (and q4_k_m) exports the
 #     reference is `pesc-convert logits` of the export imported back (the same dequantized weights): ggml's CPU
@@ -319,3 +320,6 @@ PY
 
 # 7. SentencePiece vocabularies (llama.cpp's own test vocabularies and strings): scripts/spm-check.sh.
 bash scripts/spm-check.sh
+
+# 8. Qwen2 against llama.cpp's qwen2 architecture: scripts/qwen2-check.sh.
+bash scripts/qwen2-check.sh "$MODEL"
