@@ -16,7 +16,6 @@ Run with the llama-cpp venv's Python; transformers and the converter run under .
 
 import json
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +23,10 @@ from pathlib import Path
 import gguf
 import llama_cpp
 import numpy as np
+from llama_vocab import VOCABS, cases, sentencepiece_model
 
 BIN, TMP, CONVERTER, EXTRA = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 ROOT = Path(__file__).resolve().parent.parent
-VOCABS = ROOT / "fixtures" / "llama-vocab"
 HF_PYTHON = str(ROOT / ".venv" / "bin" / "python")
 failed = 0
 
@@ -43,15 +42,6 @@ def run(*cmd, env=None):
     if r.returncode != 0:
         sys.exit(f"spm-check: {' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
     return r.stdout
-
-
-def cases(name):
-    texts = (VOCABS / f"ggml-vocab-{name}.gguf.inp").read_text().split("\n__ggml_vocab_test__\n")
-    if texts and texts[-1] == "":
-        texts.pop()
-    ids = [[int(t) for t in line.split()] for line in (VOCABS / f"ggml-vocab-{name}.gguf.out").read_text().splitlines()]
-    assert len(texts) == len(ids), name
-    return texts, ids
 
 
 def compare(name, texts, want, got):
@@ -97,31 +87,6 @@ def with_vocabulary(base, vocab, out):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-def sentencepiece_model(tokens, scores, types):
-    """A SentencePiece BPE ModelProto (Llama's settings: byte fallback, identity normalizer, dummy prefix)."""
-
-    def varint(v):
-        out = bytearray()
-        while v >= 0x80:
-            out.append((v & 0x7F) | 0x80)
-            v >>= 7
-        out.append(v)
-        return bytes(out)
-
-    def field(number, body):
-        return varint(number << 3 | 2) + varint(len(body)) + body
-
-    model = bytearray()
-    for t, s, ty in zip(tokens, scores, types):
-        piece = field(1, t.encode()) + varint(2 << 3 | 5) + struct.pack("<f", s) + varint(3 << 3) + varint(int(ty))
-        model += field(1, piece)
-    trainer = varint(3 << 3) + varint(2) + varint(35 << 3) + varint(1)
-    model += field(2, trainer)
-    normalizer = field(1, b"identity") + varint(3 << 3) + varint(1) + varint(4 << 3) + varint(0)
-    model += field(3, normalizer)
-    return bytes(model)
 
 
 def fields(reader):

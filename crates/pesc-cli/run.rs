@@ -21,7 +21,11 @@ pub fn run(a: &RunArgs) -> Result<()> {
     };
     let ids = match (&a.token_ids, &text) {
         (Some(ids), _) => ids.0.clone(),
-        (None, Some(text)) => text.encode(&chat_prompt(a, text)?)?,
+        (None, Some(text)) => match chat_prompt(a, text)? {
+            // A rendered template holds its special tokens; plain text gets the tokenizer's (BOS for Llama).
+            Prompt::Chat(p) => text.encode(&p)?,
+            Prompt::Plain(p) => text.encode_text(&p)?,
+        },
         (None, None) => bail!("--prompt or --token-ids is required"),
     };
     let runner = Runner::fit(&model, a.dtype.dtype(), &a.device.device()?, a.max_memory)?;
@@ -73,19 +77,25 @@ pub fn run(a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// A prompt rendered by the chat template, or plain text.
+enum Prompt {
+    Chat(String),
+    Plain(String),
+}
+
 /// The prompt as the model reads it: through its chat template unless `--raw`.
-fn chat_prompt(a: &RunArgs, text: &pesc_hf::TextModel) -> Result<String> {
+fn chat_prompt(a: &RunArgs, text: &pesc_hf::TextModel) -> Result<Prompt> {
     let prompt = a.prompt.clone().unwrap_or_default();
     if a.raw || !text.has_chat_template() {
         if !a.raw {
             output::warn("the model has no chat template; using the prompt as plain text");
         }
-        return Ok(prompt);
+        return Ok(Prompt::Plain(prompt));
     }
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(ChatMessage { role: "system".into(), content: s.clone() });
     }
     messages.push(ChatMessage { role: "user".into(), content: prompt });
-    Ok(text.apply_chat_template(&messages, true)?)
+    Ok(Prompt::Chat(text.apply_chat_template(&messages, true)?))
 }

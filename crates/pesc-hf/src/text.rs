@@ -123,6 +123,13 @@ impl TextModel {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of plain `text` with the special tokens the tokenizer adds
+    /// (a Llama tokenizer's BOS), as transformers' `tokenizer(text)` and llama.cpp do.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, HfError> {
+        let enc = self.tokenizer.encode(text, true).map_err(|e| self.tokenizer_error(&e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String, HfError> {
         self.tokenizer.decode(ids, true).map_err(|e| self.tokenizer_error(&e))

@@ -50,6 +50,10 @@ fn imported_sentencepiece_vocabularies_tokenize_as_llama_cpp() {
         let text = imported(vocab);
         let bad = mismatches(vocab, |s| text.encode(s).unwrap());
         assert!(bad.is_empty(), "{vocab}: {} of {} strings differ:\n{}", bad.len(), cases(vocab).len(), bad.join("\n"));
+        // Plain text (`run --raw`) gets the BOS llama.cpp adds (`add_bos_token`), then the same ids.
+        let (plain, bare) = (text.encode_text("Hello world").unwrap(), text.encode("Hello world").unwrap());
+        assert_eq!(plain[0], 1, "{vocab}");
+        assert_eq!(plain[1..], bare[..], "{vocab}");
     }
 }
 
