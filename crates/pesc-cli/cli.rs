@@ -293,7 +293,7 @@ mod tests {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// A model folder with a `tokenizer.json`.
+    /// A model folder (with `tokenizer.json` or a SentencePiece `tokenizer.model`) or a GGUF file.
     pub model: PathBuf,
     /// The user's message.
     #[arg(long, required_unless_present = "token_ids")]

@@ -94,7 +94,7 @@ impl Weights {
     #[must_use]
     pub fn has_tokenizer(&self) -> bool {
         match self.source() {
-            Source::Folder(m) => m.dir.join("tokenizer.json").is_file(),
+            Source::Folder(m) => m.dir.join("tokenizer.json").is_file() || m.dir.join("tokenizer.model").is_file(),
             Source::Gguf(g) => g.vocab.is_some(),
         }
     }
