@@ -502,6 +502,15 @@ fn spm_from_model(sp: &SpmModel, dir: &Path, tc: Option<&Map<String, Json>>, voc
         path: dir.join("config.json"),
         problem: format!("vocab_size {vocab_size} is too large"),
     })?;
+    if sp.pieces.len() > n {
+        return Err(LlamaCppError::Tokenizer {
+            path: dir.join("tokenizer.model"),
+            problem: format!(
+                "pieces: the model has {} pieces but config.json's vocab_size is {vocab_size}; the embedding has no row for the rest",
+                sp.pieces.len()
+            ),
+        });
+    }
     let mut v = sp.vocab();
     v.tokens = (0..n).map(|i| format!("[PAD{i}]")).collect();
     v.scores = vec![-10_000.0; n];

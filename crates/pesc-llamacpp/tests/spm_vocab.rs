@@ -253,6 +253,11 @@ fn broken_vocabularies_are_refused_naming_the_field() {
     let err = pesc_llamacpp::vocab::from_folder(dir.path(), &cfg).unwrap_err().to_string();
     assert!(err.contains("pieces[4]") && err.contains("`type` 9"), "{err}");
 
+    // More pieces than the embedding has rows.
+    let (dir, cfg) = folder(9, &[("tokenizer.model", sentencepiece_model(&v.tokens[..10], &v.scores[..10], &v.types[..10]))]);
+    let err = pesc_llamacpp::vocab::from_folder(dir.path(), &cfg).unwrap_err().to_string();
+    assert!(err.contains("tokenizer.model") && err.contains("10 pieces") && err.contains("vocab_size is 9"), "{err}");
+
     // GGUF vocabularies whose arrays disagree, with an unknown type, or a special id outside.
     let path = fixture("ggml-vocab-llama-spm.gguf");
     let good = GgufVocab::read(&GgufFile::open(&path).unwrap(), None).unwrap().unwrap();
