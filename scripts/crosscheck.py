@@ -396,6 +396,83 @@ def pesc_oracle_nonzero(fixture):
     return f"max abs diff {diff:.2g}; adapters move logits by {moved:.2g}; loads {loads}; variants off by {', '.join(caught)}"
 
 
+def remote_model(folder):
+    """FOLDER loaded by transformers through the modeling code it carries (`trust_remote_code`), in f32."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+
+
+@check(over=ORACLE_FIXTURES)
+def remote_code_logits(fixture):
+    """A PESC folder loads with trust_remote_code (its own modeling_pesc.py) and computes our runner's logits within 1e-5,
+    with random non-zero adapters and routers; generate() with its cache continues as a cache-less greedy loop."""
+    ref = reference(fixture)
+    ids = ref["token_ids"].tolist()
+    folder = nonzero_pesc(fixture)
+    model = remote_model(folder)
+    name = type(model).__name__
+    assert name.startswith("Pesc") and type(model).__module__.split(".")[-1] == "modeling_pesc", f"loaded {type(model).__module__}.{name}"
+    with torch.no_grad():
+        got = model(torch.tensor([ids])).logits[0]
+    diff = (rust_logits(folder, ids) - got).abs().max().item()
+    assert diff <= LOGITS_ATOL, f"max |runner - remote code| = {diff:.3g} > {LOGITS_ATOL}"
+    prompt = torch.tensor([ids[:6]])
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)[0, 6:].tolist()
+        seq = prompt
+        for _ in range(6):
+            seq = torch.cat([seq, model(seq).logits[:, -1:].argmax(-1)], dim=1)
+    assert cached == seq[0, 6:].tolist(), f"generate with cache {cached} != greedy without {seq[0, 6:].tolist()}"
+    # The installed package (`pip install ./python`) is the same code.
+    import pesc_hf
+
+    with torch.no_grad():
+        packaged = getattr(pesc_hf, name).from_pretrained(folder, dtype=torch.float32).eval()(torch.tensor([ids])).logits[0]
+    assert torch.equal(packaged, got), f"pesc_hf.{name} differs from the folder's remote code"
+    return f"{name}: max abs diff {diff:.2g}; generate {cached}; pesc_hf.{name} equal"
+
+
+@check(over=["llama-gqa", "qwen2-bias"])
+def remote_code_balancing_loss(fixture):
+    """output_router_logits: the balancing loss is `pesc-convert train`'s (recomputed here from the router logits), its
+    gradient reaches the routers, and gradient checkpointing gives the same loss and gradients."""
+    model = remote_model(nonzero_pesc(fixture)).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ids = torch.tensor([reference(fixture)["token_ids"].tolist()])
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0
+
+    def run():
+        model.zero_grad()
+        out = model(ids, attention_mask=mask, labels=ids, output_router_logits=True)
+        out.loss.backward()
+        grads = [p.grad.clone() for n, p in model.named_parameters() if "router" in n]
+        return out, grads
+
+    out, grads = run()
+    valid = mask.reshape(-1).bool()
+    want = 0.0
+    k = model.config.topk
+    for logits in out.router_logits:
+        lv = logits[valid].detach()
+        n = lv.shape[-1]
+        chosen = torch.sort(-lv, dim=-1, stable=True).indices[:, :k]
+        shares = torch.bincount(chosen.reshape(-1), minlength=n).double() / chosen.numel()
+        want += n * (shares * torch.softmax(lv.double(), -1).mean(0)).sum().item()
+    assert abs(out.aux_loss.item() - want) <= 1e-5 * max(1.0, want), f"aux_loss {out.aux_loss.item()} != {want}"
+    assert all(g.abs().max() > 0 for g in grads), "a router got no gradient"
+    model.activation_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    out2, grads2 = run()
+    model.activation_checkpointing_disable()
+    gdiff = max((a - b).abs().max().item() for a, b in zip(grads, grads2))
+    assert abs(out2.loss.item() - out.loss.item()) <= 1e-6 and gdiff <= 1e-6, f"checkpointing: loss {out2.loss.item()} vs {out.loss.item()}, grads {gdiff:.3g}"
+    return f"aux_loss {out.aux_loss.item():.6f} (layers {len(out.router_logits)}); checkpointing equal (grad diff {gdiff:.2g})"
+
+
 @check(over=FIXTURES)
 def verify_exact(fixture):
     """`verify CRAFTED --against DENSE --json` passes with an exact match."""

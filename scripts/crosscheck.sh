@@ -11,6 +11,8 @@ if [[ -f Cargo.lock ]]; then
 else
     cargo build --release
 fi
+# The project's Python package (transformers modeling code for PESC), installed as a user would.
+.venv/bin/python -m pip install --quiet --no-deps --force-reinstall ./python
 .venv/bin/python crates/pesc-gguf/tests/gguf_py_roundtrip.py
 .venv/bin/python scripts/crosscheck_nf4.py --bin target/release/pesc-convert
 .venv/bin/python scripts/crosscheck_lora.py --pesc-convert target/release/pesc-convert

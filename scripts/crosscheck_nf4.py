@@ -7,8 +7,9 @@ For each fixture model (and a crafted PESC and an upcycled Mixtral model):
    source weight byte for byte: packed codes, absmax, quant_map, nested
    absmax/map, and the quant-state JSON (`QuantState.as_dict(packed=True)`);
    the tensors we keep in float are the source's bytes;
-2. transformers loads our folder (`from_pretrained`, bitsandbytes on the CPU)
-   with no missing or unexpected keys, and its Linear4bit weights hold our bytes;
+2. transformers loads our folder (`from_pretrained`, bitsandbytes on the CPU; a
+   PESC folder through the modeling code it carries) with no missing or
+   unexpected keys, and its Linear4bit weights hold our bytes;
 3. our runner on the NF4 folder (`pesc-convert logits`) equals a float32 run of
    the dense model whose quantized weights are replaced by bitsandbytes'
    dequantization (of the flattened 1-D tensor: its CPU dequantize_4bit is wrong
@@ -73,7 +74,7 @@ def check_bytes(src, ours, name, blocksize, dq):
 
 def logits_of_dense(folder, replaced):
     from transformers import AutoModelForCausalLM
-    m = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    m = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=True)
     sd = m.state_dict()
     for k, v in replaced.items():
         sd[k].copy_(v)
@@ -82,7 +83,7 @@ def logits_of_dense(folder, replaced):
         return m(ids).logits[0].float()
 
 
-def check_model(bin_, src_dir, tmp, label, flags, transformers_class=True):
+def check_model(bin_, src_dir, tmp, label, flags):
     out = os.path.join(tmp, label + ".nf4")
     run(bin_, "quantize", src_dir, "--to", "nf4", "-o", out, *flags)
     cfg = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
@@ -97,22 +98,21 @@ def check_model(bin_, src_dir, tmp, label, flags, transformers_class=True):
     for k in set(ours) - pieces:
         assert torch.equal(ours[k], src[k]), k
     msg = f"{label}: {len(quantized)} NF4 weights byte-identical to bitsandbytes"
-    if transformers_class:
-        from transformers import AutoModelForCausalLM
-        m, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
-        assert not info["missing_keys"] and not info["unexpected_keys"], info
-        for name in quantized:
-            mod = m.get_submodule(name[: -len(".weight")])
-            assert torch.equal(mod.weight.data.view(torch.uint8).reshape(-1), ours[name].reshape(-1)), name
-        msg += "; transformers loads it"
-        logits_path = os.path.join(tmp, label + ".logits.safetensors")
-        run(bin_, "logits", out, "--token-ids", TOKENS, "-o", logits_path)
-        with safe_open(logits_path, "pt") as f:
-            got = f.get_tensor("logits")
-        want = logits_of_dense(src_dir, replaced)
-        diff = (got - want).abs().max().item()
-        assert diff <= 1e-4, (label, diff)
-        msg += f"; runner logits vs dequantized dense: max |diff| {diff:.2e}"
+    from transformers import AutoModelForCausalLM
+    m, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, trust_remote_code=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    for name in quantized:
+        mod = m.get_submodule(name[: -len(".weight")])
+        assert torch.equal(mod.weight.data.view(torch.uint8).reshape(-1), ours[name].reshape(-1)), name
+    msg += "; transformers loads it"
+    logits_path = os.path.join(tmp, label + ".logits.safetensors")
+    run(bin_, "logits", out, "--token-ids", TOKENS, "-o", logits_path)
+    with safe_open(logits_path, "pt") as f:
+        got = f.get_tensor("logits")
+    want = logits_of_dense(src_dir, replaced)
+    diff = (got - want).abs().max().item()
+    assert diff <= 1e-4, (label, diff)
+    msg += f"; runner logits vs dequantized dense: max |diff| {diff:.2e}"
     print(msg)
 
 
@@ -128,7 +128,7 @@ def main():
         check_model(a.bin, os.path.join(models, "llama-gqa"), tmp, "llama-gqa-b4096", ["--blocksize", "4096"])
         pesc = os.path.join(tmp, "pesc")
         run(a.bin, "craft", os.path.join(models, "llama-gqa"), "-o", pesc, "--experts", "4", "--top-k", "2", "--adapter-dim", "8", "--dtype", "bf16")
-        check_model(a.bin, pesc, tmp, "pesc", [], transformers_class=False)
+        check_model(a.bin, pesc, tmp, "pesc", [])
         up = os.path.join(tmp, "mixtral")
         run(a.bin, "upcycle", os.path.join(models, "mistral"), "-o", up, "--experts", "4", "--top-k", "2")
         check_model(a.bin, up, tmp, "mixtral-upcycled", [])

@@ -278,3 +278,43 @@ fn bad_craft_requests_exit_2_and_write_nothing() {
     assert_eq!(entries(&dense), entries(&gqa));
     assert_eq!(entries(tmp.path()), before, "a refused run wrote something");
 }
+
+#[test]
+fn pesc_folders_carry_their_modeling_code() {
+    // Every PESC folder the tool writes: craft, reshard, NF4, import-gguf of a `pesc` GGUF, merge-lora.
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name);
+    let s = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+    let (base, qwen) = (fixture("llama-gqa"), fixture("qwen2-bias"));
+    let craft = |src: &std::path::Path, out: &std::path::Path| {
+        assert_code(&run(["craft", &s(src), "-o", &s(out), "--experts", "4", "--top-k", "2", "--adapter-dim", "8"]), 0);
+    };
+    craft(&base, &p("pesc"));
+    craft(&qwen, &p("pesc-qwen2"));
+    assert_code(&run(["reshard", &s(&p("pesc")), "-o", &s(&p("resharded")), "--dtype", "bf16"]), 0);
+    assert_code(&run(["quantize", &s(&p("pesc")), "--to", "nf4", "-o", &s(&p("nf4"))]), 0);
+    assert_code(&run(["quantize", &s(&p("pesc")), "--to", "f32", "-o", &s(&p("pesc.gguf"))]), 0);
+    assert_code(&run(["import-gguf", &s(&p("pesc.gguf")), "-o", &s(&p("imported"))]), 0);
+    // A dense folder gets none.
+    assert_code(&run(["reshard", &s(&base), "-o", &s(&p("dense"))]), 0);
+    assert!(!p("dense").join("modeling_pesc.py").exists());
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(p("dense").join("config.json")).unwrap()).unwrap()["auto_map"].is_null()
+    );
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/pesc_hf");
+    for (folder, stem) in [("pesc", "Llama"), ("pesc-qwen2", "Qwen2"), ("resharded", "Llama"), ("nf4", "Llama"), ("imported", "Llama")] {
+        let dir = p(folder);
+        for file in ["configuration_pesc.py", "modeling_pesc.py"] {
+            assert_eq!(std::fs::read(dir.join(file)).unwrap(), std::fs::read(root.join(file)).unwrap(), "{folder}: {file}");
+            let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+            assert!(sums.contains(file), "{folder}: {file} is not in SHA256SUMS");
+        }
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["auto_map"]["AutoConfig"], format!("configuration_pesc.Pesc{stem}Config"), "{folder}");
+        assert_eq!(config["auto_map"]["AutoModelForCausalLM"], format!("modeling_pesc.Pesc{stem}ForCausalLM"), "{folder}");
+    }
+    let card = std::fs::read_to_string(p("pesc").join("README.md")).unwrap();
+    assert!(card.contains("trust_remote_code=True"), "{card}");
+    assert_code(&run(["verify-manifest", &s(&p("pesc"))]), 0);
+}

@@ -48,6 +48,7 @@ pub fn craft_card(model: &Model, p: &crate::CraftParams, command: &str) -> Strin
         ],
         tags: vec!["moe", "pesc", "mixture-of-experts", "pesc-convert"],
         command: command.into(),
+        usage: Some(pesc_hf::remote_code::usage_snippet()),
     }
     .render()
 }
@@ -73,6 +74,7 @@ pub fn upcycle_card(model: &Model, p: &crate::UpcycleParams, command: &str) -> S
         ],
         tags: vec!["moe", "mixtral", "upcycled", "pesc-convert"],
         command: command.into(),
+        usage: None,
     }
     .render()
 }
@@ -131,6 +133,7 @@ pub fn merge_card(model: &Model, merge: &crate::Merge, adapter_name: &str, comma
         facts,
         tags,
         command: command.into(),
+        usage: matches!(model.config.moe, pesc_hf::Moe::Pesc(_)).then(pesc_hf::remote_code::usage_snippet),
     }
     .render()
 }

@@ -21,6 +21,8 @@ pub struct Card<'a> {
     pub tags: Vec<&'static str>,
     /// The command that produced the folder.
     pub command: String,
+    /// A usage section (PESC folders: loading through the modeling code they carry).
+    pub usage: Option<&'static str>,
 }
 
 /// `_name_or_path` from the model's config when it looks like a Hub id.
@@ -73,6 +75,9 @@ impl Card<'_> {
         s.push_str("| | |\n|---|---|\n");
         for (k, v) in &self.facts {
             let _ = writeln!(s, "| {k} | {v} |");
+        }
+        if let Some(usage) = self.usage {
+            let _ = write!(s, "\n## Usage\n\n{usage}\n");
         }
         let _ = write!(
             s,

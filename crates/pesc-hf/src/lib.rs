@@ -13,6 +13,8 @@
 //!   layout, read and written).
 //! - [`output`]: what an output folder shares: `config.json`, the stored
 //!   dtype's name, the tokenizer files copied along, publishing.
+//! - [`remote_code`]: the transformers modeling code (and `auto_map`) every
+//!   PESC folder carries.
 //! - [`peft`]: PEFT LoRA adapters. [`TextModel`]: `tokenizer.json` and chat
 //!   templates. [`spm`]: SentencePiece vocabularies (`tokenizer.model`, and
 //!   the `tokenizer.json` transformers uses for them). [`Card`]: the Hub model
@@ -26,6 +28,7 @@ pub mod names;
 pub mod nf4;
 pub mod output;
 pub mod peft;
+pub mod remote_code;
 pub mod spm;
 mod summary;
 mod text;

@@ -323,6 +323,11 @@ fn model_dtype(model: &Model) -> &'static str {
 /// bitsandbytes 4-bit, placed where transformers' sorted keys put it.
 #[must_use]
 pub fn nf4_config(model: &Model, double_quant: bool) -> Map<String, Value> {
+    // PESC routers and adapters stay in float: bitsandbytes must not replace them (transformers matches by name).
+    let skip = match model.config.moe {
+        crate::Moe::Pesc(_) => serde_json::json!(["lm_head", "moe_adapter"]),
+        _ => Value::Null,
+    };
     let q = serde_json::json!({
         "_load_in_4bit": true,
         "_load_in_8bit": false,
@@ -332,7 +337,7 @@ pub fn nf4_config(model: &Model, double_quant: bool) -> Map<String, Value> {
         "bnb_4bit_use_double_quant": double_quant,
         "llm_int8_enable_fp32_cpu_offload": false,
         "llm_int8_has_fp16_weight": false,
-        "llm_int8_skip_modules": null,
+        "llm_int8_skip_modules": skip,
         "llm_int8_threshold": 6.0,
         "load_in_4bit": true,
         "load_in_8bit": false,

@@ -124,9 +124,16 @@ pub fn write_json(out: &mut OutputDir, name: &str, value: &Value) -> Result<(), 
     Ok(())
 }
 
-/// Writes `config.json`.
+/// Writes `config.json`; a PESC config gets the `auto_map` of the modeling
+/// code written beside it ([`crate::remote_code`]).
 pub fn write_config(out: &mut OutputDir, config: &serde_json::Map<String, Value>) -> Result<(), HfError> {
-    write_json(out, "config.json", &Value::Object(config.clone()))
+    let mut config = config.clone();
+    if crate::remote_code::add_auto_map(&mut config) {
+        for (name, text) in crate::remote_code::FILES {
+            out.write_file(name, text.as_bytes())?;
+        }
+    }
+    write_json(out, "config.json", &Value::Object(config))
 }
 
 /// Records the stored dtype in a config under the key(s) it already uses
