@@ -58,19 +58,26 @@ pub fn quantize_nf4(
         .filter(|t| !t.name.ends_with(".rotary_emb.inv_freq") && !targets.contains(&t.name))
         .map(|t| TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() })
         .collect();
-    // Quantized up front (the quant-state JSON's length depends on the offset);
-    // each piece's bytes are dropped once written.
+    // Every weight is quantized once up front, because the quant-state JSON's length depends on the
+    // double-quantization offset and the file layout on every length; only the small pieces are kept.
+    // The packed codes (half a byte per weight) are quantized again when their turn to be written comes,
+    // so memory holds one weight at a time, not the model's codes.
     let mut pieces: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for name in &targets {
+    let quantized = |name: &String| -> Result<Vec<pesc_hf::nf4::Piece>, CraftError> {
         let t = model.weights.get(name).ok_or_else(|| pesc_hf::HfError::MissingTensor {
             path: model.dir.clone(),
             tensor: name.clone(),
             shape: "(any)".into(),
         })?;
         let q = nf4::quantize(&model.read_f32(name)?, opts).map_err(|source| CraftError::Quantize { tensor: name.clone(), source })?;
-        for p in stored_pieces(name, &q, t.dtype, &t.shape) {
+        Ok(stored_pieces(name, &q, t.dtype, &t.shape))
+    };
+    for name in &targets {
+        for p in quantized(name)? {
             specs.push(TensorSpec { name: p.name.clone(), dtype: p.dtype, shape: p.shape });
-            pieces.insert(p.name, p.bytes);
+            if p.name != *name {
+                pieces.insert(p.name, p.bytes);
+            }
         }
     }
     write_config(out, &nf4_config(model, opts.double_quant))?;
@@ -78,9 +85,15 @@ pub fn quantize_nf4(
         out,
         specs,
         shard_size,
-        &mut |spec, w| match pieces.remove(&spec.name) {
-            Some(bytes) => Ok(pesc_io::Sink::write_bytes(w, &bytes)?),
-            None => Ok(model.write_tensor(&spec.name, spec.dtype, w)?),
+        &mut |spec, w| {
+            if let Some(bytes) = pieces.remove(&spec.name) {
+                return Ok(pesc_io::Sink::write_bytes(w, &bytes)?);
+            }
+            if targets.contains(&spec.name) {
+                let packed = quantized(&spec.name)?.into_iter().next().map(|p| p.bytes).unwrap_or_default();
+                return Ok(pesc_io::Sink::write_bytes(w, &packed)?);
+            }
+            Ok(model.write_tensor(&spec.name, spec.dtype, w)?)
         },
         progress,
     )
