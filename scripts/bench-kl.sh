@@ -43,43 +43,19 @@ for q in "${TYPES[@]}"; do
 done
 
 "$VENV/bin/python" - "$TMP" "${TYPES[@]}" <<'PY'
-import json, struct, sys
+import sys
 from pathlib import Path
-import llama_cpp
-import numpy as np
+sys.path.insert(0, "scripts")
+from logits_util import kl_rows, llama_logits, read_logits
 
 tmp, types = Path(sys.argv[1]), sys.argv[2:]
 ids = [int(t) for t in (tmp / "ids.txt").read_text().split(",")]
-
-
-def read_logits(path):
-    raw = path.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    info = json.loads(raw[8:8 + n])["logits"]
-    start, end = info["data_offsets"]
-    return np.frombuffer(raw[8 + n + start:8 + n + end], dtype=np.float32).reshape(info["shape"])
-
-
-def llama_logits(path, kv_f32):
-    kv = {"type_k": 0, "type_v": 0} if kv_f32 else {}
-    m = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, verbose=False, **kv)
-    m.eval(ids)
-    return np.array(m.scores[:m.n_tokens], dtype=np.float32)
-
-
-def log_softmax(x):
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-ref = log_softmax(read_logits(tmp / "f32.safetensors"))
+ref = read_logits(tmp / "f32.safetensors")
 
 
 def row(name, logits):
-    lq = log_softmax(logits)
-    kl = (np.exp(ref) * (ref - lq)).sum(-1)
-    top1 = (ref.argmax(-1) == lq.argmax(-1)).mean()
+    kl = kl_rows(ref, logits)
+    top1 = (ref.argmax(-1) == logits.argmax(-1)).mean()
     print(f"| {name} | {kl.mean():.3e} | {kl.max():.3e} | {top1:.3f} |", flush=True)
 
 
@@ -88,6 +64,6 @@ print("| file, runner | mean KL(f32 ‖ q) | max KL | top-1 = f32 |")
 print("|---|--:|--:|--:|")
 for q in types:
     row(f"{q}, pesc-convert", read_logits(tmp / f"ours-{q}.safetensors"))
-    row(f"{q}, llama.cpp (f16 KV cache, its default)", llama_logits(tmp / f"{q}.gguf", kv_f32=False))
-    row(f"{q}, llama.cpp (f32 KV cache)", llama_logits(tmp / f"{q}.gguf", kv_f32=True))
+    row(f"{q}, llama.cpp (f16 KV cache, its default)", llama_logits(tmp / f"{q}.gguf", ids, kv_f32=False, n_ctx=1024))
+    row(f"{q}, llama.cpp (f32 KV cache)", llama_logits(tmp / f"{q}.gguf", ids, kv_f32=True, n_ctx=1024))
 PY

@@ -221,10 +221,8 @@ def pesc_logits(folder, ids):
     return np.frombuffer(raw[8 + n + start:8 + n + end], dtype=np.float32).reshape(t["shape"])
 
 
-def llama_logits(path, ids):
-    m = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, logits_all=True, verbose=False, type_k=0, type_v=0)
-    m.eval(ids)
-    return np.array(m.scores[:m.n_tokens], dtype=np.float32)
+sys.path.insert(0, "scripts")
+from logits_util import llama_logits  # noqa: E402
 
 
 def stats(a, b):

@@ -75,12 +75,14 @@ done
 "$BIN" verify "$TMP/pesc-back" --against "$TMP/qwen2-f32.gguf" --json >"$TMP/verify.json" 2>/dev/null || true
 
 "$VENV/bin/python" - "$Q" "$TMP" <<'PY'
-import json, struct, sys
+import json, sys
 from pathlib import Path
 import gguf
 import llama_cpp
 import numpy as np
 from tokenizers import Tokenizer
+sys.path.insert(0, "scripts")
+from logits_util import kl_rows, llama_logits, read_logits
 
 Q, TMP = Path(sys.argv[1]), Path(sys.argv[2])
 ids = json.loads((TMP / "ids.json").read_text())
@@ -93,30 +95,8 @@ def report(ok, name, detail):
     print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
 
 
-def read_logits(path):
-    raw = path.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    info = header["logits"]
-    start, end = info["data_offsets"]
-    return np.frombuffer(raw[8 + n + start:8 + n + end], dtype=np.float32).reshape(info["shape"])
-
-
-def llama_logits(path):
-    m = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, logits_all=True, verbose=False, type_k=0, type_v=0)
-    m.eval(ids)
-    return np.array(m.scores[:m.n_tokens], dtype=np.float32), m
-
-
-def log_softmax(x):
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
 def kl(p_logits, q_logits):
-    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
-    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+    return float(kl_rows(p_logits, q_logits).mean())
 
 
 folder = read_logits(TMP / "ours-folder.safetensors")
@@ -124,7 +104,8 @@ hf = np.load(TMP / "transformers.npy")
 d = np.abs(folder - hf).max()
 report(d <= 1e-3, "Qwen2 folder: pesc-convert logits vs transformers' Qwen2ForCausalLM", f"{len(ids)} tokens, max |diff| {d:.3g}")
 
-f32, llm = llama_logits(TMP / "qwen2-f32.gguf")
+f32 = llama_logits(TMP / "qwen2-f32.gguf", ids)
+llm = llama_cpp.Llama(model_path=str(TMP / "qwen2-f32.gguf"), vocab_only=True, verbose=False)
 md = gguf.GGUFReader(str(TMP / "qwen2-f32.gguf"))
 arch = md.fields["general.architecture"].contents()
 d = np.abs(f32 - folder).max()
@@ -136,7 +117,7 @@ bad = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=True)
 report(not bad, "llama.cpp tokenizes the qwen2 export as tokenizer.json", f"{len(texts) - len(bad)}/{len(texts)} strings" + (f"; differs: {bad}" if bad else ""))
 
 for to in ["q8_0", "q4_k_m"]:
-    theirs, _ = llama_logits(TMP / f"qwen2-{to}.gguf")
+    theirs = llama_logits(TMP / f"qwen2-{to}.gguf", ids)
     ours = read_logits(TMP / f"ours-{to}.safetensors")
     d = np.abs(theirs - ours)
     top1 = (theirs.argmax(-1) == ours.argmax(-1)).mean()

@@ -23,21 +23,7 @@ bin="$root/target/release/pesc-convert"
 
 # measure NAME CMD...: runs CMD, prints a table row (seconds, peak RSS), keeps its stdout in $work/out.txt.
 measure() {
-    local name="$1"
-    shift
-    python3 - "$work" "$name" "$@" <<'PY'
-import resource, subprocess, sys, time
-work, name, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
-t0 = time.monotonic()
-with open(f"{work}/out.txt", "wb") as out, open(f"{work}/err.txt", "wb") as err:
-    rc = subprocess.run(cmd, stdout=out, stderr=err).returncode
-secs = time.monotonic() - t0
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-if rc != 0:
-    sys.stderr.write(open(f"{work}/err.txt").read())
-    sys.exit(f"scale-check: `{name}` failed (exit {rc})")
-print(f"| {name} | {secs:.1f} | {rss / 2**30:.2f} GiB |", flush=True)
-PY
+    python3 "$root/scripts/measure.py" "$work" "$@"
 }
 
 # verify_exact NAME CANDIDATE REFERENCE: measures verify --json and checks it is exact.

@@ -25,21 +25,7 @@ cargo build --release -q
 BIN="$ROOT/target/release/pesc-convert"
 
 measure() {
-    local name="$1"
-    shift
-    python3 - "$W" "$name" "$@" <<'PY'
-import resource, subprocess, sys, time
-work, name, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
-t0 = time.monotonic()
-with open(f"{work}/out.txt", "wb") as out, open(f"{work}/err.txt", "wb") as err:
-    rc = subprocess.run(cmd, stdout=out, stderr=err).returncode
-secs = time.monotonic() - t0
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-if rc != 0:
-    sys.stderr.write(open(f"{work}/err.txt").read())
-    sys.exit(f"tinyllama-check: `{name}` failed (exit {rc})")
-print(f"| {name} | {secs:.1f} | {rss / 2**30:.2f} GiB |", flush=True)
-PY
+    python3 "$ROOT/scripts/measure.py" "$W" "$@"
 }
 
 echo "| command | seconds | peak RSS |"
@@ -78,19 +64,20 @@ measure "run dense q4_k_m GGUF (chat template, 8 new tokens)" "$BIN" run "$W/den
 
 # llama.cpp on the dense q4_k_m export: tokenization and logits on the chat prompt against ours on the same file.
 "$VENV/bin/python" - "$W" "$BIN" <<'PY'
-import json, struct, subprocess, sys
+import subprocess, sys
 from pathlib import Path
 sys.path.insert(0, "scripts")
 import llama_cpp
 import numpy as np
 from llama_vocab import cases
+from logits_util import llama_logits, read_logits
 W, BIN = Path(sys.argv[1]), sys.argv[2]
 failed = 0
 def report(ok, name, detail):
     global failed
     failed += not ok
     print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
-llm = llama_cpp.Llama(model_path=str(W / "dense.q4_k_m.gguf"), n_ctx=512, n_batch=512, logits_all=True, verbose=False, type_k=0, type_v=0)
+llm = llama_cpp.Llama(model_path=str(W / "dense.q4_k_m.gguf"), vocab_only=True, verbose=False)
 texts, want = cases("llama-spm")
 got = [llm.tokenize(t.encode(), add_bos=False, special=False) for t in texts]
 bad = sum(g != w for g, w in zip(got, want))
@@ -103,13 +90,9 @@ prompt = "<|user|>\nWhat is the capital of France?</s>\n<|assistant|>\n"
 ours_ids = tok.encode(prompt, add_special_tokens=True).ids
 theirs_ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
 report(ours_ids == theirs_ids, "the chat prompt tokenizes alike (BOS, </s> as a special token)", f"{len(ours_ids)} tokens")
-llm.eval(theirs_ids)
-theirs = np.array(llm.scores[:llm.n_tokens], dtype=np.float32)
+theirs = llama_logits(W / "dense.q4_k_m.gguf", theirs_ids)
 subprocess.run([BIN, "logits", str(W / "dense.q4_k_m.gguf"), "--token-ids", ",".join(map(str, theirs_ids)), "-o", str(W / "ours.safetensors"), "--force"], check=True, capture_output=True)
-raw = (W / "ours.safetensors").read_bytes()
-n = struct.unpack("<Q", raw[:8])[0]
-info = json.loads(raw[8:8 + n])["logits"]
-ours = np.frombuffer(raw[8 + n + info["data_offsets"][0]:8 + n + info["data_offsets"][1]], dtype=np.float32).reshape(info["shape"])
+ours = read_logits(W / "ours.safetensors")
 d = np.abs(ours - theirs)
 top1 = (ours.argmax(-1) == theirs.argmax(-1)).mean()
 report(top1 >= 0.8, "llama.cpp runs the q4_k_m export: logits against ours on the same file",
