@@ -397,7 +397,7 @@ pub fn from_folder(dir: &Path, config: &ModelConfig) -> Result<(Vec<(String, Val
         return Err(err(format!("tokenizer model `{model_type}` is not supported for GGUF export (only BPE)")));
     }
     if model.get("byte_fallback").and_then(Json::as_bool) == Some(true) {
-        let vocab = spm_from_json(tj, model, tc, config.vocab_size).map_err(err)?;
+        let vocab = spm_from_json(tj, model, config.vocab_size).map_err(err)?;
         return spm_metadata(vocab, "tokenizer.json", dir, Some(tj), tc, config);
     }
     if !matches!(tj.get("normalizer"), None | Some(Json::Null)) {
@@ -567,12 +567,7 @@ fn spm_from_model(sp: &SpmModel, dir: &Path, tc: Option<&Map<String, Json>>, voc
 /// which its tokenizer then merges left to right, not by rank; the scores
 /// written instead rank each token by the first merge producing it, so that
 /// llama.cpp merges in the order the BPE does.
-fn spm_from_json(
-    tj: &Map<String, Json>,
-    model: &Map<String, Json>,
-    tc: Option<&Map<String, Json>>,
-    vocab_size: u64,
-) -> Result<SpmVocab, String> {
+fn spm_from_json(tj: &Map<String, Json>, model: &Map<String, Json>, vocab_size: u64) -> Result<SpmVocab, String> {
     let add_space_prefix = spm_prefix_space(tj)?;
     let (tokens, mut types) = token_list(tj, model, vocab_size)?;
     let tokens: Vec<String> = tokens.iter().map(str::to_owned).collect();
@@ -608,10 +603,8 @@ fn spm_from_json(
             }
         }
     }
-    let find = |kind: &str| config_token(tc, kind).and_then(|t| index.get(t.as_str())).and_then(|&i| u32::try_from(i).ok());
-    let (unk, bos, eos, pad) = (unk.and_then(|t| index.get(t)).and_then(|&i| u32::try_from(i).ok()), find("bos"), find("eos"), find("pad"));
-    drop(index);
-    Ok(SpmVocab { tokens, scores, types, unk, bos, eos, pad, add_bos: true, add_eos: false, add_space_prefix })
+    // The special ids and add flags are written by `special_and_template`, as for every vocabulary.
+    Ok(SpmVocab { tokens, scores, types, unk: None, bos: None, eos: None, pad: None, add_bos: true, add_eos: false, add_space_prefix })
 }
 
 /// `<0xXX>`, a byte-fallback piece.
